@@ -57,8 +57,11 @@ class UserTable(BaseModelClass):
     # "José" = "Jose". SQLite ignores these MySQL-only options.
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-    id: Mapped[int] = mapped_column(primary_key=True, index=True)
-    username: Mapped[str] = mapped_column(String(50), unique=True, index=True)
+    # A primary key is always indexed, and so is a UNIQUE column: index=True on either would
+    # only add a second, identical index. UNIQUE inside CREATE TABLE also leaves no moment when
+    # the table exists without it.
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(50), unique=True)
     email: Mapped[str] = mapped_column(String(120))
 
 
@@ -113,11 +116,27 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 # --- Section 5: the application -------------------------------------------------------------
+def create_tables() -> None:
+    # Creates the tables that do not exist yet (section 5.1); existing ones are left alone.
+    try:
+        BaseModelClass.metadata.create_all(db_engine)
+    except OperationalError:
+        # With `uvicorn --workers 4` every worker runs this at once: when another worker
+        # created the table first, our CREATE TABLE fails, and looking again finds it there.
+        BaseModelClass.metadata.create_all(db_engine)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
-    # Creates the tables that do not exist yet (section 5.1); existing ones are left alone.
-    BaseModelClass.metadata.create_all(db_engine)
+    url = db_engine.url.render_as_string(hide_password=True)
+    logger.info("Database: %s", url)
+    try:
+        create_tables()
+    except OperationalError as exc:  # stop at once with one clear line, not a driver traceback
+        raise RuntimeError(
+            f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
+            "and that DATABASE_URL has the right host, port, user, password and database."
+        ) from None
     yield
 
 
