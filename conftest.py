@@ -1,7 +1,7 @@
 """Shared fixtures: every test that takes `client` runs once on SQLite and once on MySQL."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -9,28 +9,31 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
 import main
+from tests.support import TcpProxy
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
 
 
 def make_engine(backend: str, tmp_path) -> Engine:
+    """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
     if backend == "sqlite":
-        return create_engine(
-            f"sqlite:///{tmp_path}/test.db", connect_args={"check_same_thread": False}
-        )
-    if not MYSQL_URL:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
-        pytest.skip(MYSQL_SKIPPED)
-    return create_engine(MYSQL_URL, pool_pre_ping=True)
+        url = f"sqlite:///{tmp_path}/test.db"
+        test_engine = create_engine(url, connect_args={"check_same_thread": False})
+    else:
+        if not MYSQL_URL:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
+            pytest.skip(MYSQL_SKIPPED)
+        test_engine = create_engine(MYSQL_URL, pool_pre_ping=True)
+    main.BaseModelClass.metadata.drop_all(test_engine)
+    return test_engine
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
 def engine(request, tmp_path, monkeypatch) -> Iterator[Engine]:
     """The app's engine, pointed at a fresh, empty schema on the backend under test."""
     test_engine = make_engine(request.param, tmp_path)
-    main.BaseModelClass.metadata.drop_all(test_engine)
     monkeypatch.setattr(main, "db_engine", test_engine)
     yield test_engine
     test_engine.dispose()
@@ -43,7 +46,7 @@ def client(engine: Engine) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def rows(engine: Engine):
+def rows(engine: Engine) -> Callable[[], list[tuple[int, str, str]]]:
     """Reads the users table straight from the database, bypassing the API."""
 
     def read() -> list[tuple[int, str, str]]:
@@ -52,6 +55,34 @@ def rows(engine: Engine):
             return [(user.id, user.username, user.email) for user in users]
 
     return read
+
+
+def url_of(engine: Engine, proxy: TcpProxy | None = None) -> str:
+    """The engine's URL as a string, password included, pointed at the proxy if one is given."""
+    url = engine.url.set(host="127.0.0.1", port=proxy.port) if proxy else engine.url
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def mysql_engine(tmp_path) -> Iterator[Engine]:
+    """The MySQL test database, emptied: for what only a real server can show."""
+    test_engine = make_engine("mysql", tmp_path)
+    yield test_engine
+    test_engine.dispose()
+
+
+@pytest.fixture
+def make_proxy(mysql_engine: Engine) -> Iterator[Callable[..., TcpProxy]]:
+    """Builds TCP proxies in front of the MySQL server (tests/support.py), closed afterwards."""
+    made: list[TcpProxy] = []
+
+    def make(**options) -> TcpProxy:
+        made.append(TcpProxy(mysql_engine.url.host, mysql_engine.url.port or 3306, **options))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

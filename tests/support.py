@@ -1,0 +1,154 @@
+"""Test machinery: a TCP proxy between the app and the database, and a real uvicorn server."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a database server, and can misbehave on purpose.
+
+    cut() closes the listener and every open connection (a server restart or a network cut);
+    restore() listens again on the same port. `latency` delays every chunk in each direction.
+    `hold` keeps the first N connections waiting until all N have arrived, then lets them go
+    together, so that N processes really race.
+    """
+
+    def __init__(self, target_host: str, target_port: int, latency: float = 0.0, hold: int = 0):
+        self.target = (target_host, target_port)
+        self.latency = latency
+        self.port = free_port()
+        self.accepted = 0
+        self._hold = hold
+        self._released = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        if not hold:
+            self._released.set()
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            doomed = [self._listener, *self._sockets]
+            self._sockets.clear()
+        for sock in doomed:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the listener was cut
+            self.accepted += 1
+            if self.accepted >= self._hold:
+                self._released.set()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._released.wait(timeout=30)
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets.update((client, upstream))
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.latency:
+                    time.sleep(self.latency)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class UvicornServer:
+    """`uvicorn main:app` in a child process, on a free port, with its own DATABASE_URL."""
+
+    def __init__(self, database_url: str, workers: int = 1, extra_env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        env = {**os.environ, "DATABASE_URL": database_url, **(extra_env or {})}
+        command = [sys.executable, "-m", "uvicorn", "main:app", "--port", str(self.port)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+
+    def _read_output(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def wait_started(self, timeout: float = 30) -> "UvicornServer":
+        """Waits until every worker reported startup complete (or failed, or the process ended)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self.count("Application startup complete.") >= self.workers:
+                break
+            if self.count("Application startup failed.") or self.count("Child process died"):
+                break
+            time.sleep(0.05)
+        return self
+
+    def client(self, **kwargs) -> httpx2.Client:
+        return httpx2.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+        self.process.stdout.close()
+
+    def __enter__(self) -> "UvicornServer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,73 @@
+"""The database goes away and comes back: the app answers 503 meanwhile and recovers alone."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import text
+
+from conftest import url_of
+from tests.support import UvicornServer
+
+SECRET = "tutorial-pass"
+
+
+def mixed_requests(http, count: int) -> list:
+    calls = [
+        lambda n: http.get("/users/"),
+        lambda n: http.post(
+            "/users/", json={"username": f"u{n}-{time.monotonic_ns()}", "email": "a@example.com"}
+        ),
+        lambda n: http.get("/users/1"),
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda n: calls[n % 3](n), range(count)))
+
+
+def assert_clean_503(response) -> None:
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Database unavailable"}
+    for secret in (SECRET, "127.0.0.1", "SELECT", "INSERT", "mysql"):
+        assert secret not in response.text
+
+
+def test_network_cut_gives_503_then_recovers_without_restart(mysql_engine, make_proxy):
+    proxy = make_proxy()
+    with (
+        UvicornServer(url_of(mysql_engine, proxy)).wait_started() as server,
+        server.client() as http,
+    ):
+        assert {r.status_code for r in mixed_requests(http, 30)} <= {200, 201, 404}
+
+        proxy.cut()
+        during_cut = mixed_requests(http, 30)
+        for response in during_cut:
+            assert_clean_503(response)
+
+        proxy.restore()
+        restored_at = time.monotonic()
+        while http.get("/users/").status_code != 200:
+            assert time.monotonic() - restored_at < 5, "no recovery within 5 s"
+            time.sleep(0.05)
+        recovery = time.monotonic() - restored_at
+        assert {r.status_code for r in mixed_requests(http, 30)} <= {200, 201, 404}
+    print(f"\ncut: {len(during_cut)} requests, all 503; recovered {recovery:.2f} s after restore")
+
+
+def test_connections_killed_by_the_server_are_replaced_on_the_next_request(mysql_engine):
+    with UvicornServer(url_of(mysql_engine)).wait_started() as server, server.client() as http:
+        mixed_requests(http, 30)  # several pooled connections now sit idle in the app
+        with mysql_engine.connect() as admin:
+            ids = admin.scalars(
+                text(
+                    "SELECT id FROM information_schema.PROCESSLIST"
+                    " WHERE user = :user AND db = DATABASE() AND id <> CONNECTION_ID()"
+                ),
+                {"user": mysql_engine.url.username},
+            ).all()
+            for connection_id in ids:
+                admin.execute(text(f"KILL {int(connection_id)}"))
+        assert ids, "the app held no connection to kill"
+        assert http.get("/users/").status_code == 200
+        response = http.post("/users/", json={"username": "after-kill", "email": "a@example.com"})
+        assert response.status_code == 201
+    print(f"\nkilled {len(ids)} connections; the next requests answered 200 and 201")

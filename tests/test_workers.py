@@ -1,0 +1,35 @@
+"""Several uvicorn workers starting together on an empty MySQL database all come up."""
+
+from conftest import url_of
+from main import BaseModelClass
+from tests.support import UvicornServer
+
+WORKERS = 4
+ROUNDS = 3
+
+
+def test_all_workers_start_on_an_empty_database_when_their_first_queries_collide(
+    mysql_engine, make_proxy
+):
+    for round_number in range(1, ROUNDS + 1):
+        BaseModelClass.metadata.drop_all(mysql_engine)  # a fresh, empty database each round
+        # The proxy holds the workers' first connections and lets them through together, so
+        # that every worker's CREATE TABLE reaches the server at the same moment.
+        proxy = make_proxy(hold=WORKERS)
+        with UvicornServer(url_of(mysql_engine, proxy), workers=WORKERS) as server:
+            server.wait_started(timeout=60)
+            started = server.count("Application startup complete.")
+            assert server.count("Application startup failed.") == 0, "\n".join(server.lines)
+            assert started == WORKERS, "\n".join(server.lines)
+            with server.client() as http:
+                assert (
+                    http.post(
+                        "/users/", json={"username": "ada", "email": "a@example.com"}
+                    ).status_code
+                    == 201
+                )
+        print(
+            f"\nround {round_number}: {started}/{WORKERS} workers started;"
+            f" {proxy.accepted} first connections held, then released together"
+        )
+        proxy.close()
