@@ -1,0 +1,62 @@
+"""Whatever a client sends, the app answers with a documented 4xx, never a 5xx."""
+
+import json
+
+import schemathesis
+from hypothesis import HealthCheck, settings, strategies
+from schemathesis.specs.openapi.checks import allow_header_conformance
+
+import main
+
+# Schemathesis's own e-mail addresses include reserved domains such as ".test", which the
+# email-validator package refuses by design; Hypothesis's addresses use real top-level domains.
+schemathesis.openapi.format("email", strategies.emails())
+schema = schemathesis.openapi.from_asgi("/openapi.json", main.app)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=40,
+    derandomize=True,  # the same examples on every run
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_generated_requests_get_documented_answers_and_no_5xx(client, case):
+    # Excluded: when two routes share a path (GET and POST /users/), Starlette's 405 answer
+    # lists only one route's method in its Allow header. A framework limit, not the app's.
+    case.call_and_validate(excluded_checks=[allow_header_conformance])
+
+
+def test_one_megabyte_username_returns_422(client, rows):
+    response = client.post("/users/", json={"username": "a" * 1_000_000, "email": "a@example.com"})
+    assert response.status_code == 422
+    assert rows() == []
+
+
+def test_invalid_utf8_body_returns_4xx(client, rows):
+    body = b'{"username": "\xff\xfe", "email": "a@example.com"}'
+    response = client.post("/users/", content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+    assert "detail" in response.json()
+    assert rows() == []
+
+
+def test_deeply_nested_json_returns_4xx(client, rows):
+    body = "[" * 100_000 + "]" * 100_000
+    response = client.post("/users/", content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+    assert rows() == []
+
+
+def test_nested_json_in_a_field_returns_422(client, rows):
+    nested = json.loads("{" + '"a": {' * 50 + "}" * 51)
+    response = client.post("/users/", json={"username": nested, "email": "a@example.com"})
+    assert response.status_code == 422
+    assert rows() == []
+
+
+def test_ids_outside_64_bit_range_return_422(client):
+    for user_id in [str(2**63), str(2**64 + 1), "-" + str(2**63 + 1), "1" + "0" * 40]:
+        for method in ("GET", "PATCH", "DELETE"):
+            response = client.request(method, f"/users/{user_id}", json={})
+            assert response.status_code == 422, (method, user_id)
