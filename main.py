@@ -1,7 +1,4 @@
-"""A FastAPI + SQLAlchemy + MySQL reference app that follows the tutorial section by section.
-
-Run it with `uvicorn main:app` and open http://127.0.0.1:8000/docs.
-"""
+"""The reference app: FastAPI + SQLAlchemy + MySQL, in the tutorial's order. See README.md."""
 
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -10,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,17 +17,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 
-# uvicorn shows its own logger's INFO lines; a logger of our own would stay silent by default.
+# uvicorn prints its own logger's INFO lines; a logger of our own would stay silent.
 logger = logging.getLogger("uvicorn.error")
 
 
-# --- Settings: read from the environment, or from a .env file -------------------------------
+# --- Settings: from the environment, else from a .env file (see .env.example) --------------
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    # Without a .env the app runs on an embedded SQLite file, so it starts on any machine.
-    database_url: str = "sqlite:///./app.db"
-    sql_echo: bool = False  # SQL_ECHO=true prints every SQL statement the app sends
+    database_url: str = "sqlite:///./app.db"  # no MySQL needed to start: an SQLite file
+    sql_echo: bool = False  # true: log every SQL statement the app sends
 
 
 settings = Settings()
@@ -39,11 +35,10 @@ settings = Settings()
 db_engine = create_engine(
     settings.database_url,
     echo=settings.sql_echo,
-    # MySQL closes connections that sit idle (wait_timeout) or survive a server restart;
-    # a cheap ping before each use replaces a dead pooled connection instead of failing.
+    # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
+    # a dead pooled connection instead of failing the request.
     pool_pre_ping=True,
-    # SQLite connections refuse to be used from another thread unless told otherwise, and
-    # FastAPI runs each request in a worker thread.
+    # FastAPI runs requests in worker threads; SQLite refuses that unless told otherwise.
     connect_args={"check_same_thread": False} if settings.database_url.startswith("sqlite") else {},
 )
 
@@ -52,25 +47,24 @@ BaseModelClass = declarative_base()
 
 class UserTable(BaseModelClass):
     __tablename__ = "users"
-    # utf8mb4 stores any Unicode text (emoji too). The binary collation makes MySQL compare
-    # usernames exactly, as SQLite does: its default collations treat "Alice" = "alice" and
-    # "José" = "Jose". SQLite ignores these MySQL-only options.
+    # utf8mb4 stores any Unicode text, emoji too. The binary collation compares usernames
+    # exactly, as SQLite does; MySQL's default ones say "Alice" = "alice" and "José" = "Jose".
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-    # A primary key is always indexed, and so is a UNIQUE column: index=True on either would
-    # only add a second, identical index. UNIQUE inside CREATE TABLE also leaves no moment when
-    # the table exists without it.
+    # A primary key and a UNIQUE column are indexed already: index=True would add a duplicate.
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(50), unique=True)
     email: Mapped[str] = mapped_column(String(120))
 
 
 # --- Section 4.1: Pydantic models validate what clients send --------------------------------
-# No whitespace of any kind at either end, no control characters anywhere. A pattern (rather
-# than a Python function) also shows in the OpenAPI schema, so clients see the rule in /docs.
+# No whitespace at either end, no control characters: a pattern also shows in /docs.
 NO_STRAY_CHARACTERS = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
-Username = Annotated[str, Field(min_length=1, max_length=50, pattern=NO_STRAY_CHARACTERS)]
-Email = Annotated[EmailStr, Field(max_length=120)]
+# The examples pre-fill "Try it out" in /docs with a user that is valid as it stands.
+Username = Annotated[
+    str, Field(min_length=1, max_length=50, pattern=NO_STRAY_CHARACTERS, examples=["ada"])
+]
+Email = Annotated[EmailStr, Field(max_length=120, examples=["ada@example.com"])]
 
 
 class UserInput(BaseModel):
@@ -79,8 +73,7 @@ class UserInput(BaseModel):
 
 
 class UserPatch(BaseModel):
-    # Leave a field out to keep its value. null is refused, as both columns are NOT NULL;
-    # SkipJsonSchema keeps null out of the documented schema too.
+    # Leave a field out to keep it; null is refused (the columns are NOT NULL) and not documented.
     username: Username | SkipJsonSchema[None] = None
     email: Email | SkipJsonSchema[None] = None
 
@@ -97,8 +90,7 @@ class Message(BaseModel):
 
 
 class UserOutput(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
+    model_config = ConfigDict(from_attributes=True)  # read the fields from a UserTable
     id: int
     username: str
     email: str
@@ -106,8 +98,8 @@ class UserOutput(BaseModel):
 
 # --- Section 4.2: one Session per request, always closed ------------------------------------
 def get_session() -> Iterator[Session]:
-    # expire_on_commit=False keeps the values we just wrote readable after commit, so the
-    # response needs no extra SELECT (the tutorial's refresh() costs one round trip).
+    # expire_on_commit=False: what we just wrote stays readable after commit, without the
+    # extra SELECT that the tutorial's refresh() costs.
     with Session(db_engine, expire_on_commit=False) as session:
         yield session
 
@@ -116,13 +108,10 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 # --- Section 5: the application -------------------------------------------------------------
-def create_tables() -> None:
-    # Creates the tables that do not exist yet (section 5.1); existing ones are left alone.
+def create_tables() -> None:  # section 5.1: creates missing tables, leaves existing ones alone
     try:
         BaseModelClass.metadata.create_all(db_engine)
-    except OperationalError:
-        # With `uvicorn --workers 4` every worker runs this at once: when another worker
-        # created the table first, our CREATE TABLE fails, and looking again finds it there.
+    except OperationalError:  # `--workers 4`: another worker created the table a moment ago
         BaseModelClass.metadata.create_all(db_engine)
 
 
@@ -140,7 +129,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-app = FastAPI(lifespan=lifespan)
+# FastAPIOffline is FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the app
+# itself (files shipped in the fastapi-offline package) instead of a CDN: they work offline.
+app = FastAPIOffline(
+    title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
+    description="A small users API that follows the tutorial *Databases and ORM in FastAPI* "
+    "section by section. Start with **POST /users/**: *Try it out*, then *Execute*. "
+    "The guided tour is the project's README.md.",
+    version="1.0.0",
+    openapi_tags=[{"name": "users", "description": "Create, read, update and delete users"}],
+    lifespan=lifespan,
+)
 
 
 # The database is down or unreachable: say so with 503 (try again later) instead of a 500,
@@ -154,11 +153,14 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
 
 
 USER_NOT_FOUND = "User not found"
-# Error answers listed in the OpenAPI schema, so /docs shows what can go wrong.
-UNREADABLE = {400: {"model": Message, "description": "The body is not UTF-8 JSON"}}
-NOT_FOUND = {404: {"model": Message, "description": "No user with this id"}}
-CONFLICT = {409: {"model": Message, "description": "The username is taken"}}
-UNAVAILABLE = {503: {"model": Message, "description": "The database cannot be reached"}}
+ERRORS = {400: "Body is not UTF-8 JSON", 404: USER_NOT_FOUND, 409: "Username already taken"}
+
+
+def errors(*codes: int) -> dict:  # a route's error answers, listed in /docs
+    described = {**ERRORS, 503: "Database unavailable"}
+    return {code: {"model": Message, "description": described[code]} for code in (*codes, 503)}
+
+
 # The id column is a 32-bit INT; a bigger number is refused (422) before it reaches SQL.
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
@@ -183,8 +185,9 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
     return user
 
 
-@app.get("/")
+@app.get("/", tags=["hello"])
 def read_root() -> dict[str, str]:
+    """Answers without touching the database: the app itself is up."""
     return {"message": "Hello, World!"}
 
 
@@ -193,35 +196,37 @@ def read_root() -> dict[str, str]:
     "/users/",
     response_model=UserOutput,
     status_code=status.HTTP_201_CREATED,
-    responses={**UNREADABLE, **CONFLICT, **UNAVAILABLE},
+    responses=errors(400, 409),
+    tags=["users"],
 )
 def create_user(user: UserInput, session: SessionDep) -> UserTable:
+    """Create a user. A username that is already taken answers 409."""
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     commit_or_409(session)
     return new_user
 
 
-@app.get("/users/", response_model=list[UserOutput], responses=UNAVAILABLE)
+@app.get("/users/", response_model=list[UserOutput], responses=errors(), tags=["users"])
 def read_users(
     session: SessionDep,
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> list[UserTable]:
+    """List users in the order they were created, `limit` (at most 100) at a time."""
     return list(session.scalars(select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)))
 
 
-@app.get("/users/{user_id}", response_model=UserOutput, responses={**NOT_FOUND, **UNAVAILABLE})
+@app.get("/users/{user_id}", response_model=UserOutput, responses=errors(404), tags=["users"])
 def read_user(user_id: UserId, session: SessionDep) -> UserTable:
     return get_user_or_404(session, user_id)
 
 
 @app.patch(
-    "/users/{user_id}",
-    response_model=UserOutput,
-    responses={**UNREADABLE, **NOT_FOUND, **CONFLICT, **UNAVAILABLE},
+    "/users/{user_id}", response_model=UserOutput, responses=errors(400, 404, 409), tags=["users"]
 )
 def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:
+    """Change the fields you send; leave a field out to keep it."""
     user = get_user_or_404(session, user_id)
     for field, value in changes.model_dump(exclude_unset=True).items():
         setattr(user, field, value)
@@ -232,11 +237,11 @@ def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> Use
 @app.delete(
     "/users/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**NOT_FOUND, **UNAVAILABLE},
+    responses=errors(404),
+    tags=["users"],
 )
 def delete_user(user_id: UserId, session: SessionDep) -> None:
-    # One DELETE that reports how many rows it removed: no SELECT first, and a user that
-    # another request deleted a moment ago is simply not found.
+    # One DELETE that counts the rows it removed: no SELECT first, and no race with another DELETE.
     if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
     session.commit()
