@@ -18,8 +18,7 @@ MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user
 def make_engine(backend: str, tmp_path) -> Engine:
     """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/test.db"
-        test_engine = create_engine(url, connect_args={"check_same_thread": False})
+        test_engine = create_engine(f"sqlite:///{tmp_path}/test.db")
     else:
         if not MYSQL_URL:
             if os.environ.get("CI"):

@@ -38,8 +38,8 @@ db_engine = create_engine(
     # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
     # a dead pooled connection instead of failing the request.
     pool_pre_ping=True,
-    # FastAPI runs requests in worker threads; SQLite refuses that unless told otherwise.
-    connect_args={"check_same_thread": False} if settings.database_url.startswith("sqlite") else {},
+    # (SQLite needs nothing more for FastAPI's worker threads: since SQLAlchemy 2.0 a file
+    # database sets check_same_thread=False by itself.)
 )
 
 BaseModelClass = declarative_base()

@@ -11,7 +11,10 @@ import main
 # Schemathesis's own e-mail addresses include reserved domains such as ".test", which the
 # email-validator package refuses by design; Hypothesis's addresses use real top-level domains.
 schemathesis.openapi.format("email", strategies.emails())
-schema = schemathesis.openapi.from_asgi("/openapi.json", main.app)
+# Built from the app's schema directly: fetching /openapi.json would start the app (and its
+# database) at import time, before the fixtures point it at a test database.
+schema = schemathesis.openapi.from_dict(main.app.openapi())
+schema.app = main.app
 
 
 @schema.parametrize()

@@ -1,0 +1,364 @@
+"""Benchmark: this app against other apps (--peer DIR) and the raw PyMySQL ceiling, on MySQL.
+
+    python bench/run.py --peer ../shared/peers/tutorial
+
+Starts `uvicorn main:app` for each app on a free port, drives it with wrk (a threaded Python
+client when wrk is missing), alternates the apps round by round so that the machine's drift
+cancels out, and prints one table with the ratios. See README.md, "Performance".
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import venv
+from pathlib import Path
+
+import httpx2
+import pymysql
+from sqlalchemy import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+SEED_USERS = 1000
+
+POST_SCRIPT = """
+local n = 0
+local prefix = ""
+function init(args) prefix = args[1] .. "-" .. tostring(math.random(1, 1e9)) end
+request = function()
+  n = n + 1
+  local body = '{"username": "' .. prefix .. '-' .. n .. '", "email": "bench@example.com"}'
+  return wrk.format("POST", "/users/", {["Content-Type"] = "application/json"}, body)
+end
+"""
+GET_SCRIPT = f"""
+request = function()
+  return wrk.format("GET", "/users/" .. math.random(1, {SEED_USERS}))
+end
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def python_for(app_dir: Path) -> str:
+    """This project runs on the current interpreter; a peer gets a venv from its requirements."""
+    if app_dir == ROOT:
+        return sys.executable
+    env_dir = HERE / ".venvs" / app_dir.resolve().name
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        venv.create(env_dir, with_pip=True)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", "-r", app_dir / "requirements.txt"], check=True
+        )
+    return str(python)
+
+
+def mysql_connect(url: str):
+    parsed = make_url(url)
+    return pymysql.connect(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=parsed.username,
+        password=parsed.password or "",
+        database=parsed.database,
+        autocommit=False,
+    )
+
+
+def reset_table(url: str) -> None:
+    with mysql_connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS users")
+    connection.commit()
+
+
+def count_rows(url: str) -> int:
+    with mysql_connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM users")
+        return cursor.fetchone()[0]
+
+
+class App:
+    def __init__(self, name: str, directory: Path, url: str, workers: int):
+        self.name, self.port = name, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = [python_for(directory), "-m", "uvicorn", "main:app", "--port", str(self.port)]
+        command += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+        env = {**os.environ, "DATABASE_URL": url}
+        self.process = subprocess.Popen(command, cwd=directory, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx2.get(self.base + "/", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{name} did not start")
+        with httpx2.Client(base_url=self.base) as client:  # users to read back
+            for number in range(SEED_USERS):
+                body = {"username": f"seed{number}", "email": "seed@example.com"}
+                client.post("/users/", json=body).raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def parse_wrk(output: str) -> dict:
+    def seconds(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1}[unit]
+
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": seconds(re.search(r"50%\s+(\S+)", output).group(1)),
+        "p99": seconds(re.search(r"99%\s+(\S+)", output).group(1)),
+        "requests": requests,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def drive(base: str, kind: str, concurrency: int, duration: float) -> dict:
+    if shutil.which("wrk"):
+        script = {"post": POST_SCRIPT, "get": GET_SCRIPT, "root": None}[kind]
+        command = ["wrk", f"-t{min(concurrency, 4)}", f"-c{concurrency}", f"-d{duration}s"]
+        command += ["--latency", base + "/"]
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+            if script:
+                lua.write(script)
+        if script:
+            command[-1:] = ["-s", lua.name, base + "/", "--", uuid.uuid4().hex[:8]]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        os.unlink(lua.name)
+        return parse_wrk(output)
+    return drive_with_threads(base, kind, concurrency, duration)
+
+
+def drive_with_threads(base: str, kind: str, concurrency: int, duration: float) -> dict:
+    """The fallback when wrk is missing: keep-alive clients in threads (slower than wrk)."""
+    latencies: list[float] = []
+    non_2xx = 0
+    stop_at = time.monotonic() + duration
+    prefix = uuid.uuid4().hex[:8]
+
+    def client(number: int) -> None:
+        nonlocal non_2xx
+        import random
+
+        count = 0
+        with httpx2.Client(base_url=base) as http:
+            while time.monotonic() < stop_at:
+                count += 1
+                started = time.perf_counter()
+                if kind == "post":
+                    body = {"username": f"{prefix}-{number}-{count}", "email": "b@example.com"}
+                    response = http.post("/users/", json=body)
+                elif kind == "get":
+                    response = http.get(f"/users/{random.randint(1, SEED_USERS)}")
+                else:
+                    response = http.get("/")
+                latencies.append(time.perf_counter() - started)
+                non_2xx += not response.is_success
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    quantiles = statistics.quantiles(latencies, n=100)
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": quantiles[49],
+        "p99": quantiles[98],
+        "requests": len(latencies),
+        "non_2xx": non_2xx,
+        "socket_errors": "",
+    }
+
+
+def raw_driver(url: str, kind: str, threads: int, duration: float) -> dict:
+    """The ceiling: the same INSERT + COMMIT or point SELECT, straight through PyMySQL."""
+    counts = [0] * threads
+    stop_at = time.monotonic() + duration
+    prefix = uuid.uuid4().hex[:8]
+
+    def work(number: int) -> None:
+        import random
+
+        connection = mysql_connect(url)
+        with connection.cursor() as cursor:
+            while time.monotonic() < stop_at:
+                if kind == "post":
+                    cursor.execute(
+                        "INSERT INTO users (username, email) VALUES (%s, %s)",
+                        (f"raw-{prefix}-{number}-{counts[number]}", "raw@example.com"),
+                    )
+                    connection.commit()
+                else:
+                    cursor.execute(
+                        "SELECT id, username, email FROM users WHERE id = %s",
+                        (random.randint(1, SEED_USERS),),
+                    )
+                    cursor.fetchall()
+                    connection.commit()
+                counts[number] += 1
+        connection.close()
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return {"rps": sum(counts) / (time.monotonic() - started)}
+
+
+def measure_app(name, directory, url, workers, concurrency, duration) -> dict:
+    reset_table(url)
+    app = App(name, directory, url, workers)
+    try:
+        results = {}
+        for kind in ("root", "post", "get"):
+            rows_before = count_rows(url)
+            results[kind] = drive(app.base, kind, concurrency, duration)
+            if kind == "post":
+                created = results[kind]["requests"] - results[kind]["non_2xx"]
+                results[kind]["lost"] = created - (count_rows(url) - rows_before)
+        return results
+    finally:
+        app.stop()
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+
+
+def memory_check(url: str, total: int) -> None:
+    """Resident memory of one worker after 10% of `total` requests and after all of them."""
+    reset_table(url)
+    app = App("this app", ROOT, url, workers=1)
+    try:
+        marks = {}
+        done = 0
+        for target in (total // 10, total):
+            while done < target:
+                result = drive(app.base, "post" if done % 2 else "get", 32, 2)
+                done += result["requests"]
+            marks[done] = rss_kib(app.process.pid)
+        (first_n, first), (last_n, last) = marks.items()
+        print(
+            f"\nMemory (1 worker): {first / 1024:.1f} MiB after {first_n:,} requests,"
+            f" {last / 1024:.1f} MiB after {last_n:,} ({(last - first) / first:+.1%})"
+        )
+    finally:
+        app.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
+    parser.add_argument("--peer", action="append", default=[], type=Path, help="another app's dir")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--memory-requests", type=int, default=100_000, help="0 skips the check")
+    args = parser.parse_args()
+    if not args.database_url:
+        sys.exit("Set BENCH_DATABASE_URL (or --database-url) to a MySQL database it may empty.")
+    apps = [("this app", ROOT)] + [(f"peer {p.name}", p.resolve()) for p in args.peer]
+    wrk = shutil.which("wrk") or "no wrk: Python threads (slower)"
+    rounds = f"{args.rounds} rounds of {args.duration:g} s"
+    print(f"Load generator: {wrk}; {rounds}; {os.cpu_count()} cores")
+
+    rows = []
+    for workers in map(int, args.workers.split(",")):
+        for concurrency in map(int, args.concurrency.split(",")):
+            runs: dict[str, list[dict]] = {name: [] for name, _ in apps}
+            raw = {"post": [], "get": []}
+            for _ in range(args.rounds):  # alternate the apps, round by round
+                for name, directory in apps:
+                    runs[name].append(
+                        measure_app(
+                            name, directory, args.database_url, workers, concurrency, args.duration
+                        )
+                    )
+                for kind in raw:
+                    raw[kind].append(
+                        raw_driver(args.database_url, kind, concurrency, args.duration)["rps"]
+                    )
+            rows.append(
+                (workers, concurrency, runs, {k: statistics.median(v) for k, v in raw.items()})
+            )
+    print_table(rows, apps)
+    if args.memory_requests:
+        memory_check(args.database_url, args.memory_requests)
+
+
+def median(runs: list[dict], kind: str, field: str) -> float:
+    return statistics.median(run[kind][field] for run in runs)
+
+
+def print_table(rows, apps) -> None:
+    header = (
+        "| workers | conc. | app | route | req/s | p50 ms | p99 ms | non-2xx | lost writes"
+        " | of GET / | vs raw PyMySQL |"
+    )
+    print("\n" + header + "\n" + re.sub(r"[^|]", "-", header))
+    for workers, concurrency, runs, raw in rows:
+        for name, _ in apps:
+            ceiling = median(runs[name], "root", "rps")
+            for kind, route in (
+                ("post", "POST /users/"),
+                ("get", "GET /users/{id}"),
+                ("root", "GET /"),
+            ):
+                rps = median(runs[name], kind, "rps")
+                lost = sum(run[kind].get("lost", 0) for run in runs[name]) if kind == "post" else ""
+                non_2xx = sum(run[kind]["non_2xx"] for run in runs[name])
+                versus_raw = f"{rps / raw[kind]:.2f}" if kind in raw else ""
+                p50 = median(runs[name], kind, "p50") * 1000
+                p99 = median(runs[name], kind, "p99") * 1000
+                print(
+                    f"| {workers} | {concurrency} | {name} | {route} | {rps:,.0f} | {p50:.1f}"
+                    f" | {p99:.1f} | {non_2xx} | {lost} | {rps / ceiling:.2f} | {versus_raw} |"
+                )
+        raw_rps = f"{raw['post']:,.0f} / {raw['get']:,.0f}"
+        print(
+            f"| {workers} | {concurrency} | raw PyMySQL | INSERT / SELECT | {raw_rps} | | | | | | |"
+        )
+    print()
+    for workers, concurrency, runs, _raw in rows:
+        ours = runs["this app"]
+        for name, _ in apps[1:]:
+            ratios = ", ".join(
+                f"{route} {median(ours, kind, 'rps') / median(runs[name], kind, 'rps'):.2f}x"
+                for kind, route in (("post", "POST"), ("get", "GET {id}"))
+            )
+            print(f"workers {workers}, concurrency {concurrency}: this app vs {name}: {ratios}")
+
+
+if __name__ == "__main__":
+    main()
