@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, MetaData, create_engine, select
 from sqlalchemy.orm import Session
 
 import main
@@ -18,14 +18,15 @@ MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user
 def make_engine(backend: str, tmp_path) -> Engine:
     """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
     if backend == "sqlite":
-        test_engine = create_engine(f"sqlite:///{tmp_path}/test.db")
-    else:
-        if not MYSQL_URL:
-            if os.environ.get("CI"):
-                pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
-            pytest.skip(MYSQL_SKIPPED)
-        test_engine = create_engine(MYSQL_URL, pool_pre_ping=True)
-    main.BaseModelClass.metadata.drop_all(test_engine)
+        return create_engine(f"sqlite:///{tmp_path}/test.db")  # a new file: empty
+    if not MYSQL_URL:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
+        pytest.skip(MYSQL_SKIPPED)
+    test_engine = create_engine(MYSQL_URL, pool_pre_ping=True)
+    everything = MetaData()  # every table there, also ones that other code (exercises) left
+    everything.reflect(test_engine)
+    everything.drop_all(test_engine)
     return test_engine
 
 

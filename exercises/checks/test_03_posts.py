@@ -1,0 +1,47 @@
+"""Exercise 3: a posts table with a foreign key to users, and two routes."""
+
+from sqlalchemy import inspect
+
+
+def new_user(client, name="ada") -> int:
+    return client.post("/users/", json={"username": name, "email": f"{name}@example.com"}).json()[
+        "id"
+    ]
+
+
+def test_create_a_post_for_a_user(client):
+    user_id = new_user(client)
+    response = client.post(f"/users/{user_id}/posts", json={"title": "Hello", "body": "First post"})
+    assert response.status_code == 201
+    post = response.json()
+    assert post == {"id": post["id"], "user_id": user_id, "title": "Hello", "body": "First post"}
+
+
+def test_list_a_users_posts_only(client):
+    ada, grace = new_user(client, "ada"), new_user(client, "grace")
+    client.post(f"/users/{ada}/posts", json={"title": "A1", "body": "x"})
+    client.post(f"/users/{grace}/posts", json={"title": "G1", "body": "y"})
+    client.post(f"/users/{ada}/posts", json={"title": "A2", "body": "z"})
+    response = client.get(f"/users/{ada}/posts")
+    assert response.status_code == 200
+    assert [post["title"] for post in response.json()] == ["A1", "A2"]
+
+
+def test_posts_of_an_unknown_user_are_404(client):
+    assert client.get("/users/999/posts").status_code == 404
+    response = client.post("/users/999/posts", json={"title": "t", "body": "b"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "User not found"}
+
+
+def test_a_post_needs_a_title(client):
+    user_id = new_user(client)
+    assert (
+        client.post(f"/users/{user_id}/posts", json={"title": "", "body": "b"}).status_code == 422
+    )
+
+
+def test_the_posts_table_has_a_foreign_key_to_users(client, engine):
+    [foreign_key] = inspect(engine).get_foreign_keys("posts")
+    assert foreign_key["referred_table"] == "users"
+    assert foreign_key["constrained_columns"] == ["user_id"]

@@ -1,0 +1,320 @@
+"""Maintainers only: rebuilds exercises/solutions/*.patch from the edits below, against main.py.
+
+python exercises/make_solutions.py      # after changing main.py, then check with pytest
+"""
+
+import difflib
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def replace(text: str, old: str, new: str) -> str:
+    assert old in text, f"not found in main.py: {old!r}"
+    return text.replace(old, new, 1)
+
+
+def after(text: str, anchor: str, addition: str) -> str:
+    return replace(text, anchor, anchor + addition)
+
+
+def by_username(src: str) -> str:
+    return after(
+        src,
+        "    return get_user_or_404(session, user_id)\n",
+        '''
+
+@app.get(
+    "/users/by-username/{username}",
+    response_model=UserOutput,
+    responses=errors(404),
+    tags=["users"],
+)
+def read_user_by_username(username: str, session: SessionDep) -> UserTable:
+    """Read one user by exact username."""
+    user = session.scalar(select(UserTable).where(UserTable.username == username))
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+    return user
+''',
+    )
+
+
+def active_and_created_at(src: str) -> str:
+    src = after(
+        src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
+    )
+    src = replace(src, "from sqlalchemy import String,", "from sqlalchemy import DateTime, String,")
+    src = after(
+        src,
+        "    email: Mapped[str] = mapped_column(String(120))\n",
+        """    is_active: Mapped[bool] = mapped_column(default=True)
+    # MySQL's DATETIME keeps no time zone: store UTC, and say so when reading it back.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=lambda: datetime.now(UTC)
+    )
+""",
+    )
+    return after(
+        src,
+        "    username: str\n    email: str\n",
+        """    is_active: bool
+    created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def in_utc(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+""",
+    )
+
+
+def posts(src: str) -> str:
+    src = replace(
+        src, "from sqlalchemy import String,", "from sqlalchemy import ForeignKey, String, Text,"
+    )
+    src = replace(
+        src,
+        "from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column",
+        "from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column, relationship",
+    )
+    src = after(
+        src,
+        "    email: Mapped[str] = mapped_column(String(120))\n",
+        """    posts: Mapped[list["PostTable"]] = relationship(back_populates="user", order_by="PostTable.id")
+
+
+class PostTable(BaseModelClass):
+    __tablename__ = "posts"
+    __table_args__ = {"mysql_charset": "utf8mb4"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # ON DELETE CASCADE: deleting a user deletes their posts instead of failing.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    user: Mapped[UserTable] = relationship(back_populates="posts")
+""",
+    )
+    src = after(
+        src,
+        "    username: str\n    email: str\n",
+        """
+
+class PostInput(BaseModel):
+    title: str = Field(min_length=1, max_length=200, examples=["Hello"])
+    body: str = Field(max_length=10_000, examples=["My first post"])
+
+
+class PostOutput(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    user_id: int
+    title: str
+    body: str
+""",
+    )
+    return after(
+        src,
+        "    return get_user_or_404(session, user_id)\n",
+        '''
+
+@app.post(
+    "/users/{user_id}/posts",
+    response_model=PostOutput,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(400, 404),
+    tags=["posts"],
+)
+def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTable:
+    """Write a post for a user."""
+    get_user_or_404(session, user_id)
+    new_post = PostTable(user_id=user_id, title=post.title, body=post.body)
+    session.add(new_post)
+    session.commit()
+    return new_post
+
+
+@app.get(
+    "/users/{user_id}/posts",
+    response_model=list[PostOutput],
+    responses=errors(404),
+    tags=["posts"],
+)
+def read_posts(user_id: UserId, session: SessionDep) -> list[PostTable]:
+    """A user's posts, oldest first."""
+    return get_user_or_404(session, user_id).posts
+''',
+    )
+
+
+def domain_filter(src: str) -> str:
+    src = replace(
+        src,
+        """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+) -> list[UserTable]:""",
+        """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+    domain: Annotated[str | None, Query(max_length=255, examples=["example.com"])] = None,
+) -> list[UserTable]:""",
+    )
+    return replace(
+        src,
+        """    return list(session.scalars(select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)))""",
+        """    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)
+    if domain:
+        # EmailStr stores the domain in lower case; autoescape makes % and _ plain characters.
+        query = query.where(UserTable.email.endswith("@" + domain.lower(), autoescape=True))
+    return list(session.scalars(query))""",
+    )
+
+
+RACE_TEST = '''"""Exercise 5: many requests create the same new username at the same moment."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+
+def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
+    body = {"username": "racer", "email": "racer@example.com"}
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(lambda _: client.post("/users/", json=body), range(10)))
+    statuses = [response.status_code for response in responses]
+    assert sorted(statuses) == [201] + [409] * 9
+    assert [row[1] for row in rows()] == ["racer"]
+'''
+
+
+def approach_b(src: str) -> str:
+    src = replace(src, "AsyncIterator, Iterator", "AsyncIterator")
+    src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
+    src = replace(
+        src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
+    )
+    start = src.index("def get_session()")
+    end = src.index("SessionDep = Annotated[Session, Depends(get_session)]\n") + len(
+        "SessionDep = Annotated[Session, Depends(get_session)]\n"
+    )
+    src = (
+        src[:start]
+        + """# Approach B: each route opens its own session in a `with` block, which closes it on every
+# path, errors included, so a failing request leaks no connection.
+SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
+"""
+        + src[end:]
+    )
+    bodies = [
+        (
+            """def create_user(user: UserInput, session: SessionDep) -> UserTable:
+    \"\"\"Create a user. A username that is already taken answers 409.\"\"\"
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    commit_or_409(session)
+    return new_user""",
+            """def create_user(user: UserInput) -> UserTable:
+    \"\"\"Create a user. A username that is already taken answers 409.\"\"\"
+    with SessionLocal() as session:
+        new_user = UserTable(username=user.username, email=user.email)
+        session.add(new_user)
+        commit_or_409(session)
+        return new_user""",
+        ),
+        (
+            """    session: SessionDep,
+    skip: Annotated[int, Query(ge=0)] = 0,""",
+            """    skip: Annotated[int, Query(ge=0)] = 0,""",
+        ),
+        (
+            """    return list(session.scalars(select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)))""",
+            """    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)
+    with SessionLocal() as session:
+        return list(session.scalars(query))""",
+        ),
+        (
+            """def read_user(user_id: UserId, session: SessionDep) -> UserTable:
+    return get_user_or_404(session, user_id)""",
+            """def read_user(user_id: UserId) -> UserTable:
+    with SessionLocal() as session:
+        return get_user_or_404(session, user_id)""",
+        ),
+        (
+            """def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:
+    \"\"\"Change the fields you send; leave a field out to keep it.\"\"\"
+    user = get_user_or_404(session, user_id)
+    for field, value in changes.model_dump(exclude_unset=True).items():
+        setattr(user, field, value)
+    commit_or_409(session)
+    return user""",
+            """def update_user(user_id: UserId, changes: UserPatch) -> UserTable:
+    \"\"\"Change the fields you send; leave a field out to keep it.\"\"\"
+    with SessionLocal() as session:
+        user = get_user_or_404(session, user_id)
+        for field, value in changes.model_dump(exclude_unset=True).items():
+            setattr(user, field, value)
+        commit_or_409(session)
+        return user""",
+        ),
+        (
+            """def delete_user(user_id: UserId, session: SessionDep) -> None:""",
+            """def delete_user(user_id: UserId) -> None:""",
+        ),
+        (
+            """    if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+    session.commit()""",
+            """    with SessionLocal() as session:
+        if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+        session.commit()""",
+        ),
+    ]
+    for old, new in bodies:
+        src = replace(src, old, new)
+    return src
+
+
+SOLUTIONS = {
+    "01_by_username": by_username,
+    "02_active_and_created_at": active_and_created_at,
+    "03_posts": posts,
+    "04_domain_filter": domain_filter,
+    "05_race_test": None,
+    "06_approach_b": approach_b,
+}
+
+
+def formatted(text: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", "main.py", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return result.stdout
+
+
+def patch_for(name: str, before: str, after_text: str, path: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after_text.splitlines(keepends=True),
+            fromfile=f"a/{path}" if before else "/dev/null",
+            tofile=f"b/{path}",
+        )
+    )
+
+
+if __name__ == "__main__":
+    source = (ROOT / "main.py").read_text()
+    for name, edit in SOLUTIONS.items():
+        if edit is None:
+            patch = (
+                "diff --git a/exercises/student/test_duplicate_race.py b/exercises/student/test_duplicate_race.py\nnew file mode 100644\n"
+                + patch_for(name, "", RACE_TEST, "exercises/student/test_duplicate_race.py")
+            )
+        else:
+            patch = patch_for(name, source, formatted(edit(source)), "main.py")
+        (ROOT / "exercises" / "solutions" / f"{name}.patch").write_text(patch)
+        print(f"wrote exercises/solutions/{name}.patch")
