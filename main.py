@@ -39,13 +39,10 @@ db_engine = create_engine(
     # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
     # a dead pooled connection instead of failing the request.
     pool_pre_ping=True,
-    # FastAPI runs sync routes in a pool of 40 threads, each using one connection at a time.
-    # With as many connections, no request waits for one, and none is opened and closed per
-    # request (the default 5 + 10 overflow made 32 concurrent requests do just that).
+    # As many connections as FastAPI has threads for sync routes (40): no request waits for
+    # one, and none is opened and closed per request, as the default 5 (+10 overflow) did.
     pool_size=settings.db_pool_size,
     max_overflow=0,
-    # (SQLite needs nothing more for FastAPI's worker threads: since SQLAlchemy 2.0 a file
-    # database sets check_same_thread=False by itself.)
 )
 
 BaseModelClass = declarative_base()
