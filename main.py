@@ -145,6 +145,19 @@ app = FastAPIOffline(
 )
 
 
+ERRORS = {
+    400: "Body is not UTF-8 JSON",
+    404: "User not found",
+    409: "Username already taken",
+    503: "Database unavailable",
+}
+
+
+def errors(*codes: int) -> dict:
+    """A route's error answers for the OpenAPI schema (/docs); any route can meet a 503."""
+    return {code: {"model": Message, "description": ERRORS[code]} for code in (*codes, 503)}
+
+
 # The database is down or unreachable: say so with 503 (try again later) instead of a 500,
 # and never echo the driver's message, which can contain SQL or the server's address.
 @app.exception_handler(OperationalError)
@@ -152,16 +165,7 @@ app = FastAPIOffline(
 @app.exception_handler(PoolTimeoutError)
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.error("Database unavailable: %s", exc.__class__.__name__)
-    return JSONResponse({"detail": "Database unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
-
-
-USER_NOT_FOUND = "User not found"
-ERRORS = {400: "Body is not UTF-8 JSON", 404: USER_NOT_FOUND, 409: "Username already taken"}
-
-
-def errors(*codes: int) -> dict:  # a route's error answers, listed in /docs
-    described = {**ERRORS, 503: "Database unavailable"}
-    return {code: {"model": Message, "description": described[code]} for code in (*codes, 503)}
+    return JSONResponse({"detail": ERRORS[503]}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 # The id column is a 32-bit INT; a bigger number is refused (422) before it reaches SQL.
@@ -175,16 +179,16 @@ def commit_or_409(session: Session) -> None:
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, "Username already taken") from None
+        raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
     except StaleDataError:  # another request deleted the row while we were updating it
         session.rollback()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND) from None
+        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404]) from None
 
 
 def get_user_or_404(session: Session, user_id: int) -> UserTable:
     user = session.get(UserTable, user_id)
     if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
     return user
 
 
@@ -246,7 +250,7 @@ def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> Use
 def delete_user(user_id: UserId, session: SessionDep) -> None:
     # One DELETE that counts the rows it removed: no SELECT first, and no race with another DELETE.
     if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
     session.commit()
 
 

@@ -50,6 +50,17 @@ end
 """
 
 
+def run_threads(target, count: int) -> float:
+    """Runs target(0) ... target(count - 1) in threads; returns the seconds they took."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - started
+
+
 def free_port() -> int:
     import socket
 
@@ -185,13 +196,7 @@ def drive_with_threads(base: str, kind: str, concurrency: int, duration: float) 
                 latencies.append(time.perf_counter() - started)
                 non_2xx += not response.is_success
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    elapsed = run_threads(client, concurrency)
     quantiles = statistics.quantiles(latencies, n=100)
     return {
         "rps": len(latencies) / elapsed,
@@ -231,13 +236,8 @@ def raw_driver(url: str, kind: str, threads: int, duration: float) -> dict:
                 counts[number] += 1
         connection.close()
 
-    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-    started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return {"rps": sum(counts) / (time.monotonic() - started)}
+    elapsed = run_threads(work, threads)
+    return {"rps": sum(counts) / elapsed}
 
 
 def measure_app(name, directory, url, workers, concurrency, duration) -> dict:

@@ -36,7 +36,7 @@ def read_user_by_username(username: str, session: SessionDep) -> UserTable:
     """Read one user by exact username."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))
     if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
     return user
 ''',
     )
@@ -260,11 +260,11 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
         ),
         (
             """    if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
     session.commit()""",
             """    with SessionLocal() as session:
         if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, USER_NOT_FOUND)
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
         session.commit()""",
         ),
     ]

@@ -20,6 +20,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def other_connection_ids(admin) -> list[int]:
+    """Server-side ids of the connections of admin's user to admin's database, but its own."""
+    query = (
+        "SELECT id FROM information_schema.PROCESSLIST"
+        " WHERE user = SUBSTRING_INDEX(USER(), '@', 1) AND db = DATABASE()"
+        " AND id <> CONNECTION_ID()"
+    )
+    return list(admin.exec_driver_sql(query).scalars())
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a database server, and can misbehave on purpose.
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 import main
 from conftest import url_of
+from tests.support import other_connection_ids
 
 
 @pytest.fixture
@@ -70,13 +71,7 @@ def test_2000_mixed_requests_leave_no_connection_checked_out_or_in_a_transaction
 
     mysql_engine.dispose()  # the test's own engine keeps nothing open either
     with mysql_engine.connect() as admin:
-        app_connections = admin.scalars(
-            text(
-                "SELECT id FROM information_schema.PROCESSLIST"
-                " WHERE user = :user AND db = DATABASE() AND id <> CONNECTION_ID()"
-            ),
-            {"user": mysql_engine.url.username},
-        ).all()
+        app_connections = other_connection_ids(admin)
         # A transaction that ever touched `users` holds a metadata lock on it until it ends, so
         # LOCK TABLES ... WRITE (which needs that table to itself) fails if one is still open.
         # (information_schema.INNODB_TRX would say it directly, but needs the PROCESS privilege.)

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import text
 
 from conftest import url_of
-from tests.support import UvicornServer
+from tests.support import UvicornServer, other_connection_ids
 
 SECRET = "tutorial-pass"
 
@@ -57,13 +57,7 @@ def test_connections_killed_by_the_server_are_replaced_on_the_next_request(mysql
     with UvicornServer(url_of(mysql_engine)).wait_started() as server, server.client() as http:
         mixed_requests(http, 30)  # several pooled connections now sit idle in the app
         with mysql_engine.connect() as admin:
-            ids = admin.scalars(
-                text(
-                    "SELECT id FROM information_schema.PROCESSLIST"
-                    " WHERE user = :user AND db = DATABASE() AND id <> CONNECTION_ID()"
-                ),
-                {"user": mysql_engine.url.username},
-            ).all()
+            ids = other_connection_ids(admin)
             for connection_id in ids:
                 admin.execute(text(f"KILL {int(connection_id)}"))
         assert ids, "the app held no connection to kill"
