@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
 
 settings = Settings()
+IS_SQLITE = settings.database_url.startswith("sqlite")
 
 
 # --- Section 3: the engine and the model ----------------------------------------------------
@@ -39,10 +40,10 @@ db_engine = create_engine(
     # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
     # a dead pooled connection instead of failing the request.
     pool_pre_ping=True,
-    # As many connections as FastAPI has threads for sync routes (40): no request waits for
-    # one, and none is opened and closed per request, as the default 5 (+10 overflow) did.
-    pool_size=settings.db_pool_size,
-    max_overflow=0,
+    # For a server: as many connections as FastAPI has threads for sync routes (40), so no
+    # request waits for one and none is opened and closed per request, as the default 5 (+10
+    # overflow) did. SQLite has no server to connect to: it keeps SQLAlchemy's own pool.
+    **({} if IS_SQLITE else {"pool_size": settings.db_pool_size, "max_overflow": 0}),
 )
 
 BaseModelClass = declarative_base()
