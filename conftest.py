@@ -17,13 +17,13 @@ MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user
 
 def make_engine(backend: str, tmp_path) -> Engine:
     """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
-    if backend == "sqlite":
-        return create_engine(f"sqlite:///{tmp_path}/test.db")  # a new file: empty
+    if backend == "sqlite":  # a new file: empty. Pool options as in main.db_engine.
+        return create_engine(f"sqlite:///{tmp_path}/test.db", pool_reset_on_return=None)
     if not MYSQL_URL:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
         pytest.skip(MYSQL_SKIPPED)
-    test_engine = create_engine(MYSQL_URL, pool_pre_ping=True)
+    test_engine = create_engine(MYSQL_URL, pool_pre_ping=True, pool_reset_on_return=None)
     everything = MetaData()  # every table there, also ones that other code (exercises) left
     everything.reflect(test_engine)
     everything.drop_all(test_engine)

@@ -23,7 +23,7 @@ def after(text: str, anchor: str, addition: str) -> str:
 def by_username(src: str) -> str:
     return after(
         src,
-        "    return get_user_or_404(session, user_id)\n",
+        "    return await run_in_transaction(session, lambda: get_user_or_404(session, user_id))\n",
         '''
 
 @app.get(
@@ -32,9 +32,10 @@ def by_username(src: str) -> str:
     responses=errors(404),
     tags=["users"],
 )
-def read_user_by_username(username: str, session: SessionDep) -> UserTable:
+async def read_user_by_username(username: str, session: SessionDep) -> UserTable:
     """Read one user by exact username."""
-    user = session.scalar(select(UserTable).where(UserTable.username == username))
+    query = select(UserTable).where(UserTable.username == username)
+    user = await run_in_transaction(session, lambda: session.scalar(query))
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
     return user
@@ -118,7 +119,7 @@ class PostOutput(BaseModel):
     )
     return after(
         src,
-        "    return get_user_or_404(session, user_id)\n",
+        "    return await run_in_transaction(session, lambda: get_user_or_404(session, user_id))\n",
         '''
 
 @app.post(
@@ -128,12 +129,15 @@ class PostOutput(BaseModel):
     responses=errors(400, 404),
     tags=["posts"],
 )
-def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTable:
+async def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTable:
     """Write a post for a user."""
-    get_user_or_404(session, user_id)
     new_post = PostTable(user_id=user_id, title=post.title, body=post.body)
-    session.add(new_post)
-    session.commit()
+
+    def add_post() -> None:
+        get_user_or_404(session, user_id)
+        session.add(new_post)
+
+    await run_in_transaction(session, add_post)
     return new_post
 
 
@@ -143,9 +147,9 @@ def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTa
     responses=errors(404),
     tags=["posts"],
 )
-def read_posts(user_id: UserId, session: SessionDep) -> list[PostTable]:
+async def read_posts(user_id: UserId, session: SessionDep) -> list[PostTable]:
     """A user's posts, oldest first."""
-    return get_user_or_404(session, user_id).posts
+    return await run_in_transaction(session, lambda: list(get_user_or_404(session, user_id).posts))
 ''',
     )
 
@@ -159,14 +163,13 @@ def domain_filter(src: str) -> str:
     domain: Annotated[str | None, Query(max_length=255, examples=["example.com"])] = None,
 ) -> list[UserTable]:""",
     )
-    return replace(
+    return after(
         src,
-        """    return list(session.scalars(select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)))""",
-        """    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)
-    if domain:
+        "    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)\n",
+        """    if domain:
         # EmailStr stores the domain in lower case; autoescape makes % and _ plain characters.
         query = query.where(UserTable.email.endswith("@" + domain.lower(), autoescape=True))
-    return list(session.scalars(query))""",
+""",
     )
 
 
@@ -186,12 +189,11 @@ def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
 
 
 def approach_b(src: str) -> str:
-    src = replace(src, "AsyncIterator, Iterator", "AsyncIterator")
     src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
     src = replace(
         src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
     )
-    start = src.index("def get_session()")
+    start = src.index("async def get_session()")
     end = src.index("SessionDep = Annotated[Session, Depends(get_session)]\n") + len(
         "SessionDep = Annotated[Session, Depends(get_session)]\n"
     )
@@ -203,73 +205,29 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
 """
         + src[end:]
     )
-    bodies = [
-        (
-            """def create_user(user: UserInput, session: SessionDep) -> UserTable:
-    \"\"\"Create a user. A username that is already taken answers 409.\"\"\"
-    new_user = UserTable(username=user.username, email=user.email)
-    session.add(new_user)
-    commit_or_409(session)
-    return new_user""",
-            """def create_user(user: UserInput) -> UserTable:
-    \"\"\"Create a user. A username that is already taken answers 409.\"\"\"
-    with SessionLocal() as session:
-        new_user = UserTable(username=user.username, email=user.email)
-        session.add(new_user)
-        commit_or_409(session)
-        return new_user""",
-        ),
-        (
-            """    session: SessionDep,
-    skip: Annotated[int, Query(ge=0)] = 0,""",
-            """    skip: Annotated[int, Query(ge=0)] = 0,""",
-        ),
-        (
-            """    return list(session.scalars(select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)))""",
-            """    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)
-    with SessionLocal() as session:
-        return list(session.scalars(query))""",
-        ),
-        (
-            """def read_user(user_id: UserId, session: SessionDep) -> UserTable:
-    return get_user_or_404(session, user_id)""",
-            """def read_user(user_id: UserId) -> UserTable:
-    with SessionLocal() as session:
-        return get_user_or_404(session, user_id)""",
-        ),
-        (
-            """def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:
-    \"\"\"Change the fields you send; leave a field out to keep it.\"\"\"
-    user = get_user_or_404(session, user_id)
-    for field, value in changes.model_dump(exclude_unset=True).items():
-        setattr(user, field, value)
-    commit_or_409(session)
-    return user""",
-            """def update_user(user_id: UserId, changes: UserPatch) -> UserTable:
-    \"\"\"Change the fields you send; leave a field out to keep it.\"\"\"
-    with SessionLocal() as session:
-        user = get_user_or_404(session, user_id)
-        for field, value in changes.model_dump(exclude_unset=True).items():
-            setattr(user, field, value)
-        commit_or_409(session)
-        return user""",
-        ),
-        (
-            """def delete_user(user_id: UserId, session: SessionDep) -> None:""",
-            """def delete_user(user_id: UserId) -> None:""",
-        ),
-        (
-            """    if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
-    session.commit()""",
-            """    with SessionLocal() as session:
-        if session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount == 0:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
-        session.commit()""",
-        ),
-    ]
-    for old, new in bodies:
-        src = replace(src, old, new)
+    # Every route drops its `session: SessionDep` parameter and runs its body in a `with` block.
+    for signature in (
+        "async def create_user(user: UserInput, session: SessionDep) -> UserTable:",
+        "async def read_users(\n    session: SessionDep,\n",
+        "async def read_user(user_id: UserId, session: SessionDep) -> UserTable:",
+        "async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:",
+        "async def delete_user(user_id: UserId, session: SessionDep) -> None:",
+    ):
+        head, rest = src.split(signature)
+        body_end = rest.index("\n\n\n")
+        body = rest[:body_end]
+        new_signature = signature.replace(", session: SessionDep", "").replace(
+            "\n    session: SessionDep,", ""
+        )
+        lines = body.split("\n")
+        first = 1  # the body starts after the signature's last line, `) -> ...:` for read_users
+        if signature.startswith("async def read_users"):
+            first = next(n for n, line in enumerate(lines) if line.startswith(")")) + 1
+        if lines[first].lstrip().startswith('"""'):  # keep the docstring first
+            first += 1
+        indented = [("    " + line if line else line) for line in lines[first:]]
+        body = "\n".join([*lines[:first], "    with SessionLocal() as session:", *indented])
+        src = head + new_signature + body + rest[body_end:]
     return src
 
 

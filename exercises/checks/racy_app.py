@@ -5,20 +5,25 @@ a time, duplicates still get 409; two at once both pass the check and one gets a
 import time
 
 from fastapi import HTTPException
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 import main
 
 
-def racy_commit_or_409(session) -> None:
-    for user in session.new:
-        taken = session.scalar(
-            select(main.UserTable).where(main.UserTable.username == user.username)
-        )
-        if taken is not None:
-            raise HTTPException(409, "Username already taken")
-    time.sleep(0.05)  # the window between the check and the INSERT, made wide
-    session.commit()
+async def racy_run_in_transaction(session, work):
+    def in_thread():
+        with session.begin():
+            result = work()
+            for user in list(session.new):
+                with session.no_autoflush:  # look before the INSERT is sent
+                    query = select(main.UserTable).where(main.UserTable.username == user.username)
+                    if session.scalar(query) is not None:
+                        raise HTTPException(409, "Username already taken")
+            time.sleep(0.05)  # the window between the check and the INSERT, made wide
+            return result
+
+    return await run_in_threadpool(in_thread)
 
 
-main.commit_or_409 = racy_commit_or_409
+main.run_in_transaction = racy_run_in_transaction

@@ -1,0 +1,60 @@
+"""How a request reaches the database: never on the event loop, never stuck waiting for the pool."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2
+from sqlalchemy import event
+
+from conftest import url_of
+from tests.support import UvicornServer
+
+
+def on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_no_sql_and_no_connection_handling_runs_on_the_event_loop(engine, client):
+    seen: list[tuple[str, bool]] = []
+    for name in ("checkout", "checkin", "before_cursor_execute", "commit", "rollback"):
+        event.listen(engine, name, lambda *args, name=name: seen.append((name, on_event_loop())))
+
+    body = {"username": "ada", "email": "ada@example.com"}
+    user_id = client.post("/users/", json=body).json()["id"]
+    client.post("/users/", json=body)  # 409
+    client.post("/users/", json={"username": "bob", "email": "bob@example.com"})
+    client.get(f"/users/{user_id}")
+    client.get("/users/999")  # 404
+    client.get("/users/")
+    client.patch(f"/users/{user_id}", json={"username": "bob"})  # 409
+    client.patch(f"/users/{user_id}", json={"email": "new@example.com"})
+    client.delete(f"/users/{user_id}")
+    client.delete(f"/users/{user_id}")  # 404
+
+    assert {name for name, _ in seen} >= {"checkout", "checkin", "before_cursor_execute", "commit"}
+    assert [name for name, loop in seen if loop] == []
+
+
+def test_far_more_concurrent_requests_than_connections_all_succeed(mysql_engine):
+    # 64 at once, 2 connections, FastAPI's 40 threads: a request that kept its connection while
+    # it waited for a thread again (to check the response, to close the session) would wait on
+    # threads that all wait for a connection, until the pool's 30 s timeout.
+    server = UvicornServer(url_of(mysql_engine), extra_env={"DB_POOL_SIZE": "2"})
+    limits = httpx2.Limits(max_connections=100, max_keepalive_connections=100)
+    with server.wait_started(), server.client(limits=limits) as http:
+        user_id = http.post("/users/", json={"username": "seed", "email": "a@example.com"})
+        user_id = user_id.json()["id"]
+
+        def one(number: int) -> int:
+            if number % 2:
+                return http.get(f"/users/{user_id}").status_code
+            body = {"username": f"user{number}", "email": "a@example.com"}
+            return http.post("/users/", json=body).status_code
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            statuses = list(pool.map(one, range(400)))
+    assert sorted(set(statuses)) == [200, 201]
