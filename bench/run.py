@@ -78,7 +78,7 @@ def python_for(app_dir: Path) -> str:
     if not python.exists():
         venv.create(env_dir, with_pip=True)
         subprocess.run(
-            [python, "-m", "pip", "install", "-q", "-r", app_dir / "requirements.txt"], check=True
+            [python, "-m", "pip", "install", "-qq", "-r", app_dir / "requirements.txt"], check=True
         )
     return str(python)
 
@@ -288,7 +288,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--peer", action="append", default=[], type=Path, help="another app's dir")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--workers", default="1,2")
