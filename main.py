@@ -213,7 +213,7 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
 
 @app.get("/", tags=["hello"])
 async def read_root() -> dict[str, str]:
-    """Answers without touching the database: the app itself is up."""
+    """Answers without the database (async: no thread needed either): the app itself is up."""
     return {"message": "Hello, World!"}
 
 
