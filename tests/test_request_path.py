@@ -1,6 +1,7 @@
 """How a request reaches the database: never on the event loop, never stuck waiting for the pool."""
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
@@ -37,6 +38,25 @@ def test_no_sql_and_no_connection_handling_runs_on_the_event_loop(engine, client
 
     assert {name for name, _ in seen} >= {"checkout", "checkin", "before_cursor_execute", "commit"}
     assert [name for name, loop in seen if loop] == []
+
+
+def test_root_answers_while_every_database_thread_waits(mysql_engine, make_proxy):
+    proxy = make_proxy()
+    server = UvicornServer(url_of(mysql_engine, proxy))
+    with server.wait_started(), server.client() as http:
+        user_id = http.post("/users/", json={"username": "ada", "email": "a@example.com"})
+        user_id = user_id.json()["id"]
+        proxy.latency = 1.0  # each packet to or from the database now waits a second
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            stalled = [pool.submit(http.get, f"/users/{user_id}") for _ in range(8)]
+            time.sleep(0.3)  # by now they hold all 4 threads, each waiting on the database
+            root = http.get("/")  # async and database-free: it needs none of the 4 threads
+            still_waiting = not any(f.done() for f in stalled)
+            proxy.latency = 0
+            statuses = [f.result().status_code for f in stalled]
+    assert root.status_code == 200
+    assert still_waiting, "GET / waited for the database requests"
+    assert statuses == [200] * 8
 
 
 def test_far_more_concurrent_requests_than_connections_all_succeed(mysql_engine):
