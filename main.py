@@ -196,9 +196,9 @@ async def run_in_transaction(session: Session, work: Callable[[], T]) -> T:
 
     try:
         return await run_in_threadpool(in_thread)
-    # The unique index decides, not a SELECT beforehand: two requests racing for the same
-    # username would both pass such a check, and one of them would then get a 500.
     except IntegrityError:
+        # The unique index decides, not a SELECT beforehand: two requests racing for the same
+        # username would both pass such a check, and one of them would then get a 500.
         raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
     except StaleDataError:  # another request deleted the row while we were updating it
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404]) from None
