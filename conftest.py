@@ -13,17 +13,18 @@ from tests.support import TcpProxy
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
+POOL_AS_IN_MAIN = {"pool_reset_on_return": None}  # main.db_engine's: no ROLLBACK on return
 
 
 def make_engine(backend: str, tmp_path) -> Engine:
     """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
-    if backend == "sqlite":  # a new file: empty. Pool options as in main.db_engine.
-        return create_engine(f"sqlite:///{tmp_path}/test.db", pool_reset_on_return=None)
+    if backend == "sqlite":  # a new file: empty
+        return create_engine(f"sqlite:///{tmp_path}/test.db", **POOL_AS_IN_MAIN)
     if not MYSQL_URL:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
         pytest.skip(MYSQL_SKIPPED)
-    test_engine = create_engine(MYSQL_URL, pool_pre_ping=True, pool_reset_on_return=None)
+    test_engine = create_engine(MYSQL_URL, pool_pre_ping=True, **POOL_AS_IN_MAIN)
     everything = MetaData()  # every table there, also ones that other code (exercises) left
     everything.reflect(test_engine)
     everything.drop_all(test_engine)

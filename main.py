@@ -40,13 +40,10 @@ db_engine = create_engine(
     settings.database_url,
     echo=settings.sql_echo,
     # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
-    # a dead pooled connection instead of failing the request.
+    # a dead one instead of failing the request.
     pool_pre_ping=True,
-    # Every transaction ends in COMMIT or ROLLBACK before its connection goes back to the pool
-    # (run_in_transaction), so the pool's own ROLLBACK on return would be a wasted round trip.
-    pool_reset_on_return=None,
-    # For a server: one connection per thread (see lifespan), kept open, so none is opened and
-    # closed per request as with the default 5 (+10 overflow). SQLite keeps SQLAlchemy's own pool.
+    pool_reset_on_return=None,  # run_in_transaction ends every transaction: no extra ROLLBACK
+    # A server gets one connection per thread (see lifespan), kept open. SQLite keeps its pool.
     **({} if IS_SQLITE else {"pool_size": settings.db_pool_size, "max_overflow": 0}),
 )
 
@@ -106,10 +103,8 @@ class UserOutput(BaseModel):
 
 # --- Section 4.2: one Session per request, always closed ------------------------------------
 async def get_session() -> AsyncIterator[Session]:
-    # async: opening and closing a Session sends nothing to the database (the routes end every
-    # transaction in a thread), so FastAPI need not make two trips to its thread pool for it.
-    # expire_on_commit=False keeps what we just wrote readable after commit, without the
-    # SELECT that the tutorial's refresh() costs.
+    # async: opening or closing a Session sends no SQL, so no thread (README: Where the SQL runs).
+    # expire_on_commit=False: what we wrote stays readable, without the tutorial's refresh().
     with Session(db_engine, expire_on_commit=False) as session:
         yield session
 
@@ -136,8 +131,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
             "and that DATABASE_URL has the right host, port, user, password and database."
         ) from None
-    # Python runs one thread at a time: past a few threads per worker, more only wait for
-    # their turn and make the slowest requests slower. One thread per pooled connection.
+    # One thread per pooled connection: Python runs one at a time, so more would only queue.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
     yield
 
@@ -146,9 +140,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 # itself (files shipped in the fastapi-offline package) instead of a CDN: they work offline.
 app = FastAPIOffline(
     title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
-    description="A small users API that follows the tutorial *Databases and ORM in FastAPI* "
-    "section by section. Start with **POST /users/**: *Try it out*, then *Execute*. "
-    "The guided tour is the project's README.md.",
+    description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
     version="1.0.0",
     openapi_tags=[{"name": "users", "description": "Create, read, update and delete users"}],
     lifespan=lifespan,
@@ -186,9 +178,8 @@ T = TypeVar("T")
 
 
 async def run_in_transaction(session: Session, work: Callable[[], T]) -> T:
-    """Runs work() in a worker thread, in one transaction: COMMIT if it returns, ROLLBACK if
-    it raises. SQL waits on the network, so it must not run on the event loop; one trip to a
-    thread per request is as fast as it gets (README, Performance)."""
+    """Runs work() in a worker thread (SQL blocks; the event loop must not), in one transaction:
+    COMMIT if it returns, ROLLBACK if it raises. See README: "Where the SQL runs"."""
 
     def in_thread() -> T:
         with session.begin():  # the connection is back in the pool when this block ends
@@ -274,9 +265,3 @@ async def delete_user(user_id: UserId, session: SessionDep) -> None:
     query = delete(UserTable).where(UserTable.id == user_id)
     if await run_in_transaction(session, lambda: session.execute(query).rowcount) == 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
-
-
-if __name__ == "__main__":
-    import uvicorn
-
-    uvicorn.run(app)

@@ -214,7 +214,7 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
         "async def delete_user(user_id: UserId, session: SessionDep) -> None:",
     ):
         head, rest = src.split(signature)
-        body_end = rest.index("\n\n\n")
+        body_end = (rest + "\n\n").index("\n\n\n")  # the next definition, or the end
         body = rest[:body_end]
         new_signature = signature.replace(", session: SessionDep", "").replace(
             "\n    session: SessionDep,", ""
