@@ -1,11 +1,12 @@
 """The reference app: FastAPI + SQLAlchemy + MySQL, in the tutorial's order. See README.md."""
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import anyio.to_thread
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -13,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import String, create_engine, delete, select
+from sqlalchemy import Engine, String, create_engine, delete, event, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///./app.db"  # no MySQL needed to start: an SQLite file
     sql_echo: bool = False  # true: log every SQL statement the app sends
-    db_pool_size: int = 4  # connections (and threads) per worker process: README, Performance
+    db_pool_size: int = 4  # connections per worker, and sessions at once (README: Performance)
 
 
 settings = Settings()
@@ -42,10 +43,19 @@ db_engine = create_engine(
     # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
     # a dead one instead of failing the request.
     pool_pre_ping=True,
-    pool_reset_on_return=None,  # run_in_transaction ends every transaction: no extra ROLLBACK
-    # A server gets one connection per thread (see lifespan), kept open. SQLite keeps its pool.
+    # A Session always ends its transaction itself: a second ROLLBACK on return is a wasted trip.
+    pool_reset_on_return=None,
+    # One connection per session that get_session lets in, kept open. SQLite keeps its pool.
     **({} if IS_SQLITE else {"pool_size": settings.db_pool_size, "max_overflow": 0}),
 )
+
+
+@event.listens_for(Engine, "connect")
+def enforce_foreign_keys(dbapi_connection: object, connection_record: object) -> None:
+    # SQLite ignores FOREIGN KEY clauses unless each new connection turns them on.
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute("PRAGMA foreign_keys = ON")
+
 
 BaseModelClass = declarative_base()
 
@@ -102,11 +112,20 @@ class UserOutput(BaseModel):
 
 
 # --- Section 4.2: one Session per request, always closed ------------------------------------
-async def get_session() -> AsyncIterator[Session]:
-    # async: opening or closing a Session sends no SQL, so no thread (README: Where the SQL runs).
-    # expire_on_commit=False: what we wrote stays readable, without the tutorial's refresh().
-    with Session(db_engine, expire_on_commit=False) as session:
-        yield session
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # At most DB_POOL_SIZE requests hold a session at once; the others wait here, on the event
+    # loop, without a thread. So a session always finds a free connection, and no thread waits
+    # for one while the request that holds it waits for a thread: no deadlock, whatever the
+    # route does. This is why a route must take its session from here (README: Sessions).
+    async with request.state.sessions:
+        session = Session(db_engine, expire_on_commit=False)  # what we wrote stays readable
+        try:
+            yield session
+        finally:
+            if session.in_transaction():  # ending it sends a ROLLBACK: not on the event loop
+                await run_in_threadpool(session.close)
+            else:  # committed, or never used: nothing to send
+                session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -121,7 +140,7 @@ def create_tables() -> None:  # section 5.1: creates missing tables, leaves exis
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     url = db_engine.url.render_as_string(hide_password=True)
     logger.info("Database: %s", url)
     try:
@@ -131,9 +150,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
             "and that DATABASE_URL has the right host, port, user, password and database."
         ) from None
-    # One thread per pooled connection: Python runs one at a time, so more would only queue.
-    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
-    yield
+    # The app's state, reached as request.state.sessions: the turns that get_session hands out.
+    yield {"sessions": anyio.Semaphore(settings.db_pool_size)}
 
 
 # FastAPIOffline is FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the app
@@ -174,27 +192,6 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-T = TypeVar("T")
-
-
-async def run_in_transaction(session: Session, work: Callable[[], T]) -> T:
-    """Runs work() in a worker thread (SQL blocks; the event loop must not), in one transaction:
-    COMMIT if it returns, ROLLBACK if it raises. See README: "Where the SQL runs"."""
-
-    def in_thread() -> T:
-        with session.begin():  # the connection is back in the pool when this block ends
-            return work()
-
-    try:
-        return await run_in_threadpool(in_thread)
-    except IntegrityError:
-        # The unique index decides, not a SELECT beforehand: two requests racing for the same
-        # username would both pass such a check, and one of them would then get a 500.
-        raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
-    except StaleDataError:  # another request deleted the row while we were updating it
-        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404]) from None
-
-
 def get_user_or_404(session: Session, user_id: int) -> UserTable:
     user = session.get(UserTable, user_id)
     if user is None:
@@ -203,8 +200,7 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
 
 
 @app.get("/", tags=["hello"])
-async def read_root() -> dict[str, str]:
-    """Answers without the database (async: no thread needed either): the app itself is up."""
+def read_root() -> dict[str, str]:
     return {"message": "Hello, World!"}
 
 
@@ -216,42 +212,50 @@ async def read_root() -> dict[str, str]:
     responses=errors(400, 409),
     tags=["users"],
 )
-async def create_user(user: UserInput, session: SessionDep) -> UserTable:
+def create_user(user: UserInput, session: SessionDep) -> UserTable:
     """Create a user. A username that is already taken answers 409."""
     new_user = UserTable(username=user.username, email=user.email)
-    await run_in_transaction(session, lambda: session.add(new_user))  # INSERT at the COMMIT
+    session.add(new_user)
+    try:
+        session.commit()
+    except IntegrityError:
+        # The unique index decides, not a SELECT beforehand: two requests racing for the same
+        # username would both pass such a check, and one of them would then get a 500.
+        raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
     return new_user
 
 
 @app.get("/users/", response_model=list[UserOutput], responses=errors(), tags=["users"])
-async def read_users(
+def read_users(
     session: SessionDep,
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> list[UserTable]:
     """List users in the order they were created, `limit` (at most 100) at a time."""
     query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)
-    return await run_in_transaction(session, lambda: list(session.scalars(query)))
+    return list(session.scalars(query))
 
 
 @app.get("/users/{user_id}", response_model=UserOutput, responses=errors(404), tags=["users"])
-async def read_user(user_id: UserId, session: SessionDep) -> UserTable:
-    return await run_in_transaction(session, lambda: get_user_or_404(session, user_id))
+def read_user(user_id: UserId, session: SessionDep) -> UserTable:
+    return get_user_or_404(session, user_id)
 
 
 @app.patch(
     "/users/{user_id}", response_model=UserOutput, responses=errors(400, 404, 409), tags=["users"]
 )
-async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:
+def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:
     """Change the fields you send; leave a field out to keep it."""
-
-    def update() -> UserTable:
-        user = get_user_or_404(session, user_id)
-        for field, value in changes.model_dump(exclude_unset=True).items():
-            setattr(user, field, value)
-        return user  # the UPDATE is sent at the COMMIT
-
-    return await run_in_transaction(session, update)
+    user = get_user_or_404(session, user_id)
+    for field, value in changes.model_dump(exclude_unset=True).items():
+        setattr(user, field, value)
+    try:
+        session.commit()  # sends the UPDATE
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
+    except StaleDataError:  # another request deleted the row since we read it
+        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404]) from None
+    return user
 
 
 @app.delete(
@@ -260,8 +264,9 @@ async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) 
     responses=errors(404),
     tags=["users"],
 )
-async def delete_user(user_id: UserId, session: SessionDep) -> None:
-    # One DELETE that counts the rows it removed: no SELECT first, and no race with another DELETE.
-    query = delete(UserTable).where(UserTable.id == user_id)
-    if await run_in_transaction(session, lambda: session.execute(query).rowcount) == 0:
+def delete_user(user_id: UserId, session: SessionDep) -> None:
+    # One DELETE that counts the rows it removed: no SELECT first, no race with another DELETE.
+    deleted = session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount
+    session.commit()
+    if deleted == 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])

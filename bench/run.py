@@ -1,6 +1,6 @@
 """Benchmark: this app against other apps (--peer DIR) and the raw PyMySQL ceiling, on MySQL.
 
-    python bench/run.py --peer ../shared/peers/tutorial
+    python bench/run.py                  # beside the tutorial's code, bench/tutorial/
 
 Starts `uvicorn main:app` for each app on a free port, drives it with wrk (a threaded Python
 client when wrk is missing), alternates the apps round by round so that the machine's drift
@@ -70,8 +70,9 @@ def free_port() -> int:
 
 
 def python_for(app_dir: Path) -> str:
-    """This project runs on the current interpreter; a peer gets a venv from its requirements."""
-    if app_dir == ROOT:
+    """A peer with a requirements.txt gets a venv of its own; others (this project, variants of
+    its main.py) run on the current interpreter."""
+    if not (app_dir / "requirements.txt").exists() or app_dir == ROOT:
         return sys.executable
     env_dir = HERE / ".venvs" / app_dir.resolve().name
     python = env_dir / "bin" / "python"
@@ -287,7 +288,9 @@ def memory_check(url: str, total: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
-    parser.add_argument("--peer", action="append", default=[], type=Path, help="another app's dir")
+    parser.add_argument(
+        "--peer", action="append", type=Path, help="another app's dir (default: bench/tutorial)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -296,7 +299,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("Set BENCH_DATABASE_URL (or --database-url) to a MySQL database it may empty.")
-    apps = [("this app", ROOT)] + [(f"peer {p.name}", p.resolve()) for p in args.peer]
+    peers = args.peer or [HERE / "tutorial"]
+    apps = [("this app", ROOT)] + [(f"peer {p.name}", p.resolve()) for p in peers]
     wrk = shutil.which("wrk") or "no wrk: Python threads (slower)"
     rounds = f"{args.rounds} rounds of {args.duration:g} s"
     print(f"Load generator: {wrk}; {rounds}; {os.cpu_count()} cores")

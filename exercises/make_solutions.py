@@ -23,7 +23,7 @@ def after(text: str, anchor: str, addition: str) -> str:
 def by_username(src: str) -> str:
     return after(
         src,
-        "    return await run_in_transaction(session, lambda: get_user_or_404(session, user_id))\n",
+        "    return get_user_or_404(session, user_id)\n",
         '''
 
 @app.get(
@@ -32,10 +32,9 @@ def by_username(src: str) -> str:
     responses=errors(404),
     tags=["users"],
 )
-async def read_user_by_username(username: str, session: SessionDep) -> UserTable:
+def read_user_by_username(username: str, session: SessionDep) -> UserTable:
     """Read one user by exact username."""
-    query = select(UserTable).where(UserTable.username == username)
-    user = await run_in_transaction(session, lambda: session.scalar(query))
+    user = session.scalar(select(UserTable).where(UserTable.username == username))
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
     return user
@@ -47,7 +46,11 @@ def active_and_created_at(src: str) -> str:
     src = after(
         src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
     )
-    src = replace(src, "from sqlalchemy import String,", "from sqlalchemy import DateTime, String,")
+    src = replace(
+        src,
+        "from sqlalchemy import Engine, String,",
+        "from sqlalchemy import DateTime, Engine, String,",
+    )
     src = after(
         src,
         "    email: Mapped[str] = mapped_column(String(120))\n",
@@ -74,7 +77,9 @@ def active_and_created_at(src: str) -> str:
 
 def posts(src: str) -> str:
     src = replace(
-        src, "from sqlalchemy import String,", "from sqlalchemy import ForeignKey, String, Text,"
+        src,
+        "from sqlalchemy import Engine, String,",
+        "from sqlalchemy import Engine, ForeignKey, String, Text,",
     )
     src = replace(
         src,
@@ -119,7 +124,7 @@ class PostOutput(BaseModel):
     )
     return after(
         src,
-        "    return await run_in_transaction(session, lambda: get_user_or_404(session, user_id))\n",
+        "    return get_user_or_404(session, user_id)\n",
         '''
 
 @app.post(
@@ -129,15 +134,12 @@ class PostOutput(BaseModel):
     responses=errors(400, 404),
     tags=["posts"],
 )
-async def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTable:
+def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTable:
     """Write a post for a user."""
+    get_user_or_404(session, user_id)
     new_post = PostTable(user_id=user_id, title=post.title, body=post.body)
-
-    def add_post() -> None:
-        get_user_or_404(session, user_id)
-        session.add(new_post)
-
-    await run_in_transaction(session, add_post)
+    session.add(new_post)
+    session.commit()
     return new_post
 
 
@@ -147,9 +149,9 @@ async def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> 
     responses=errors(404),
     tags=["posts"],
 )
-async def read_posts(user_id: UserId, session: SessionDep) -> list[PostTable]:
-    """A user's posts, oldest first."""
-    return await run_in_transaction(session, lambda: list(get_user_or_404(session, user_id).posts))
+def read_posts(user_id: UserId, session: SessionDep) -> list[PostTable]:
+    """A user's posts, oldest first: in the order they were written, which is id order."""
+    return list(get_user_or_404(session, user_id).posts)
 ''',
     )
 
@@ -190,28 +192,30 @@ def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
 
 def approach_b(src: str) -> str:
     src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
+    src = replace(src, "from fastapi.concurrency import run_in_threadpool\n", "")
     src = replace(
         src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
     )
-    start = src.index("async def get_session()")
+    start = src.index("# --- Section 4.2")
     end = src.index("SessionDep = Annotated[Session, Depends(get_session)]\n") + len(
         "SessionDep = Annotated[Session, Depends(get_session)]\n"
     )
     src = (
         src[:start]
-        + """# Approach B: each route opens its own session in a `with` block, which closes it on every
-# path, errors included, so a failing request leaks no connection.
+        + """# --- Section 8, approach B: each route opens its own session --------------------------------
+# A `with` block closes it on every path, errors included, so a failing request leaks no
+# connection, and the connection is back in the pool before the route's thread is free.
 SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
 """
         + src[end:]
     )
     # Every route drops its `session: SessionDep` parameter and runs its body in a `with` block.
     for signature in (
-        "async def create_user(user: UserInput, session: SessionDep) -> UserTable:",
-        "async def read_users(\n    session: SessionDep,\n",
-        "async def read_user(user_id: UserId, session: SessionDep) -> UserTable:",
-        "async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:",
-        "async def delete_user(user_id: UserId, session: SessionDep) -> None:",
+        "def create_user(user: UserInput, session: SessionDep) -> UserTable:",
+        "def read_users(\n    session: SessionDep,\n",
+        "def read_user(user_id: UserId, session: SessionDep) -> UserTable:",
+        "def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:",
+        "def delete_user(user_id: UserId, session: SessionDep) -> None:",
     ):
         head, rest = src.split(signature)
         body_end = (rest + "\n\n").index("\n\n\n")  # the next definition, or the end
@@ -221,7 +225,7 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
         )
         lines = body.split("\n")
         first = 1  # the body starts after the signature's last line, `) -> ...:` for read_users
-        if signature.startswith("async def read_users"):
+        if signature.startswith("def read_users"):
             first = next(n for n, line in enumerate(lines) if line.startswith(")")) + 1
         if lines[first].lstrip().startswith('"""'):  # keep the docstring first
             first += 1

@@ -35,6 +35,8 @@ class TcpProxy:
 
     cut() closes the listener and every open connection (a server restart or a network cut);
     restore() listens again on the same port. `latency` delays every chunk in each direction.
+    `stalled = True` keeps every connection open, and accepts new ones, but forwards nothing
+    until it is set back to False (a stuck server, or a network that swallows packets).
     `hold` keeps the first N connections waiting until all N have arrived, then lets them go
     together, so that N processes really race.
     """
@@ -44,6 +46,7 @@ class TcpProxy:
         self.latency = latency
         self.port = free_port()
         self.accepted = 0
+        self.stalled = False
         self._hold = hold
         self._released = threading.Event()
         self._sockets: set[socket.socket] = set()
@@ -100,6 +103,8 @@ class TcpProxy:
             while data := source.recv(65536):
                 if self.latency:
                     time.sleep(self.latency)
+                while self.stalled:
+                    time.sleep(0.01)
                 sink.sendall(data)
         except OSError:
             pass
@@ -111,7 +116,13 @@ class TcpProxy:
 class UvicornServer:
     """`uvicorn main:app` in a child process, on a free port, with its own DATABASE_URL."""
 
-    def __init__(self, database_url: str, workers: int = 1, extra_env: dict | None = None):
+    def __init__(
+        self,
+        database_url: str,
+        workers: int = 1,
+        extra_env: dict | None = None,
+        cwd: Path = ROOT,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -120,7 +131,7 @@ class UvicornServer:
         if workers > 1:
             command += ["--workers", str(workers)]
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read_output, daemon=True)
@@ -145,7 +156,7 @@ class UvicornServer:
         return self
 
     def client(self, **kwargs) -> httpx2.Client:
-        return httpx2.Client(base_url=self.url, timeout=30, **kwargs)
+        return httpx2.Client(base_url=self.url, **{"timeout": 30, **kwargs})
 
     def stop(self) -> None:
         self.process.terminate()

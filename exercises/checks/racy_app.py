@@ -1,29 +1,32 @@
-"""A pytest plugin that breaks main.py on purpose for exercise 5: a username is checked with a
-SELECT before the INSERT, and the IntegrityError is no longer turned into a 409. One request at
-a time, duplicates still get 409; two at once both pass the check and one gets a 500."""
+"""A pytest plugin that breaks main.py on purpose for exercise 5: POST /users/ is replaced by a
+route that looks for the username with a SELECT before the INSERT, and nothing turns the unique
+index's IntegrityError into a 409. One request at a time, a duplicate still gets 409; two at
+once both pass the check, and one of them gets a 500."""
 
 import time
 
 from fastapi import HTTPException
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 import main
 
 
-async def racy_run_in_transaction(session, work):
-    def in_thread():
-        with session.begin():
-            result = work()
-            for user in list(session.new):
-                with session.no_autoflush:  # look before the INSERT is sent
-                    query = select(main.UserTable).where(main.UserTable.username == user.username)
-                    if session.scalar(query) is not None:
-                        raise HTTPException(409, "Username already taken")
-            time.sleep(0.05)  # the window between the check and the INSERT, made wide
-            return result
-
-    return await run_in_threadpool(in_thread)
+def racy_create_user(user: main.UserInput, session: main.SessionDep) -> main.UserTable:
+    query = select(main.UserTable).where(main.UserTable.username == user.username)
+    if session.scalar(query) is not None:
+        raise HTTPException(409, "Username already taken")
+    time.sleep(0.05)  # the window between the check and the INSERT, made wide
+    new_user = main.UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()  # a duplicate that slipped through the check fails here
+    return new_user
 
 
-main.run_in_transaction = racy_run_in_transaction
+main.app.router.routes[:] = [
+    route
+    for route in main.app.router.routes
+    if not (getattr(route, "path", "") == "/users/" and "POST" in getattr(route, "methods", ()))
+]
+main.app.post("/users/", response_model=main.UserOutput, status_code=201)(racy_create_user)
+main.app.exception_handlers.pop(IntegrityError, None)  # no safety net either

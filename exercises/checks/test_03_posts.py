@@ -1,6 +1,6 @@
 """Exercise 3: a posts table with a foreign key to users, and two routes."""
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 
 def new_user(client, name="ada") -> int:
@@ -45,3 +45,14 @@ def test_the_posts_table_has_a_foreign_key_to_users(client, engine):
     [foreign_key] = inspect(engine).get_foreign_keys("posts")
     assert foreign_key["referred_table"] == "users"
     assert foreign_key["constrained_columns"] == ["user_id"]
+
+
+def test_deleting_a_user_deletes_their_posts(client, engine):
+    user_id = new_user(client)
+    client.post(f"/users/{user_id}/posts", json={"title": "Hello", "body": "First post"})
+    assert client.delete(f"/users/{user_id}").status_code == 204
+    with engine.connect() as connection:  # gone from the table, not just hidden by the API
+        assert connection.execute(text("SELECT COUNT(*) FROM posts")).scalar() == 0
+    # SQLite may give the next user the deleted user's id: their posts must not come back.
+    next_id = new_user(client, "grace")
+    assert client.get(f"/users/{next_id}/posts").json() == []
