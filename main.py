@@ -14,8 +14,8 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, String, create_engine, delete, event, select
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy import Engine, String, create_engine, delete, event, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./app.db"  # no MySQL needed to start: an SQLite file
     sql_echo: bool = False  # true: log every SQL statement the app sends
     db_pool_size: int = 4  # connections per worker, and sessions at once (README: Performance)
+    db_timeout: float = 10  # seconds a request waits for the database before a 503
 
 
 settings = Settings()
@@ -37,16 +38,27 @@ IS_SQLITE = settings.database_url.startswith("sqlite")
 
 
 # --- Section 3: the engine and the model ----------------------------------------------------
+# A stalled server or network must not hang a request: each wait for an answer or a connection
+# gets half of DB_TIMEOUT, as a request may wait twice (a failed ping, then a new connection).
+WAIT = settings.db_timeout / 2
+if IS_SQLITE:  # a file: how long to wait while another connection writes
+    options: dict = {"connect_args": {"timeout": WAIT}}
+else:  # a server: one connection per session that get_session lets in, kept open
+    timeouts = {"connect_timeout": WAIT, "read_timeout": WAIT, "write_timeout": WAIT}
+    options = {"pool_size": settings.db_pool_size, "max_overflow": 0, "pool_timeout": WAIT}
+    options["connect_args"] = timeouts  # PyMySQL waits forever by default
+
 db_engine = create_engine(
     settings.database_url,
     echo=settings.sql_echo,
-    # MySQL drops idle connections (wait_timeout, restarts): a ping before each use replaces
-    # a dead one instead of failing the request.
+    # Servers restart and networks drop connections: a ping before each use replaces a dead
+    # connection instead of failing the request with it.
     pool_pre_ping=True,
+    # MySQL closes a connection idle for wait_timeout (8 hours by default): renew ours sooner.
+    pool_recycle=3600,
     # A Session always ends its transaction itself: a second ROLLBACK on return is a wasted trip.
     pool_reset_on_return=None,
-    # One connection per session that get_session lets in, kept open. SQLite keeps its pool.
-    **({} if IS_SQLITE else {"pool_size": settings.db_pool_size, "max_overflow": 0}),
+    **options,
 )
 
 
@@ -117,15 +129,22 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     # loop, without a thread. So a session always finds a free connection, and no thread waits
     # for one while the request that holds it waits for a thread: no deadlock, whatever the
     # route does. This is why a route must take its session from here (README: Sessions).
-    async with request.state.sessions:
-        session = Session(db_engine, expire_on_commit=False)  # what we wrote stays readable
+    turns: anyio.Semaphore = request.state.sessions
+    with anyio.fail_after(WAIT):  # none free for that long: the database is stuck, answer 503
+        await turns.acquire()
+    session = Session(db_engine, expire_on_commit=False)  # what we wrote stays readable
+    try:
+        yield session
+    finally:
         try:
-            yield session
-        finally:
             if session.in_transaction():  # ending it sends a ROLLBACK: not on the event loop
                 await run_in_threadpool(session.close)
             else:  # committed, or never used: nothing to send
                 session.close()
+        except DBAPIError as error:  # the connection died: the server rolls back by itself
+            logger.warning("Closing a session: %s", driver_error(error)[1])
+        finally:
+            turns.release()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -139,6 +158,19 @@ def create_tables() -> None:  # section 5.1: creates missing tables, leaves exis
         BaseModelClass.metadata.create_all(db_engine)
 
 
+def check_columns() -> None:
+    """create_all never changes an existing table: stop if one lacks a column the model has."""
+    database = inspect(db_engine)
+    for table in BaseModelClass.metadata.sorted_tables:
+        present = {column["name"] for column in database.get_columns(table.name)}
+        if missing := [column.name for column in table.columns if column.name not in present]:
+            raise RuntimeError(
+                f"Table '{table.name}' has no column {', '.join(map(repr, missing))}, which the"
+                " model declares: create_all never changes an existing table. Add the columns"
+                f" (ALTER TABLE {table.name} ADD ...), or delete the SQLite file to start over."
+            )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     url = db_engine.url.render_as_string(hide_password=True)
@@ -150,8 +182,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
             f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
             "and that DATABASE_URL has the right host, port, user, password and database."
         ) from None
+    check_columns()
     # The app's state, reached as request.state.sessions: the turns that get_session hands out.
     yield {"sessions": anyio.Semaphore(settings.db_pool_size)}
+    db_engine.dispose()  # says goodbye to the server: no "Aborted connection" in its log
 
 
 # FastAPIOffline is FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the app
@@ -169,7 +203,7 @@ ERRORS = {
     400: "Body is not UTF-8 JSON",
     404: "User not found",
     409: "Username already taken",
-    503: "Database unavailable",
+    503: "Database unavailable, or busy: try again after Retry-After seconds",
 }
 
 
@@ -178,14 +212,45 @@ def errors(*codes: int) -> dict:
     return {code: {"model": Message, "description": ERRORS[code]} for code in (*codes, 503)}
 
 
-# The database is down or unreachable: say so with 503 (try again later) instead of a 500,
-# and never echo the driver's message, which can contain SQL or the server's address.
-@app.exception_handler(OperationalError)
-@app.exception_handler(InterfaceError)
+# --- Database errors: an honest answer for each, and the real cause in the log ---------------
+UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, "SQLITE_CANTOPEN"}  # cannot reach it
+BUSY = {1205, 1213, "SQLITE_BUSY"}  # a lock wait timed out, or a deadlock: try again
+DUPLICATE = {1062, "SQLITE_CONSTRAINT_UNIQUE"}
+FOREIGN_KEY = {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}
+
+
+def driver_error(exc: Exception) -> tuple[object, str]:
+    """The driver's error code and message: what decides the answer, and what the log shows
+    (SQLAlchemy's own message would add the SQL statement)."""
+    error = getattr(exc, "orig", None)
+    if error is None:  # the pool or get_session found no free connection in time
+        return None, f"{type(exc).__name__}: no free connection within {WAIT:g} s"
+    code = getattr(error, "sqlite_errorname", None) or error.args[0]  # SQLite's, or MySQL's
+    return code, f"{type(error).__name__} ({code}) {error.args[-1]}"
+
+
+def username_taken(error: IntegrityError) -> bool:
+    code, message = driver_error(error)  # ends with the rule broken: users.username, 'username'
+    return code in DUPLICATE and "username" in message.split()[-1]
+
+
+@app.exception_handler(DBAPIError)
 @app.exception_handler(PoolTimeoutError)
-async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("Database unavailable: %s", exc.__class__.__name__)
-    return JSONResponse({"detail": ERRORS[503]}, status.HTTP_503_SERVICE_UNAVAILABLE)
+@app.exception_handler(TimeoutError)
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    code, cause = driver_error(exc)
+    if isinstance(exc, IntegrityError) and code in DUPLICATE | FOREIGN_KEY:
+        # A rule of the schema that the route does not handle, such as a second unique column.
+        answer, headers = (409, "Conflicts with existing data"), None
+    elif code in BUSY:  # the same request, sent again, is likely to succeed
+        answer, headers = (503, "Database busy, try again"), {"Retry-After": "1"}
+    elif code in UNAVAILABLE or getattr(exc, "connection_invalidated", code is None):
+        answer, headers = (503, "Database unavailable"), {"Retry-After": "5"}
+    else:  # the model and the schema disagree, or a bug: a 500, and the cause in the log
+        answer, headers = (500, "Internal Server Error"), None
+    where = f"{request.method} {request.url.path}"
+    logger.error("Database error on %s, answered %s %s: %s", where, *answer, cause)
+    return JSONResponse({"detail": answer[1]}, answer[0], headers=headers)
 
 
 # The id column is a 32-bit INT; a bigger number is refused (422) before it reaches SQL.
@@ -218,7 +283,9 @@ def create_user(user: UserInput, session: SessionDep) -> UserTable:
     session.add(new_user)
     try:
         session.commit()
-    except IntegrityError:
+    except IntegrityError as error:
+        if not username_taken(error):
+            raise  # another rule: database_error() answers it
         # The unique index decides, not a SELECT beforehand: two requests racing for the same
         # username would both pass such a check, and one of them would then get a 500.
         raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
@@ -251,7 +318,9 @@ def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> Use
         setattr(user, field, value)
     try:
         session.commit()  # sends the UPDATE
-    except IntegrityError:
+    except IntegrityError as error:
+        if not username_taken(error):
+            raise
         raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
     except StaleDataError:  # another request deleted the row since we read it
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404]) from None

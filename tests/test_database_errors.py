@@ -1,0 +1,228 @@
+"""Honest database errors and bounded waits (issue 12): each kind of trouble gets its own answer,
+and the server log names the real cause."""
+
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import create_engine, text
+
+import main
+from conftest import url_of
+from tests.support import ROOT, UvicornServer
+
+BOUND = 2.0  # DB_TIMEOUT for these tests, in seconds: the default (10) is the same code, slower
+MARGIN = 0.5  # for the machine: thread start-up, the client, a busy CI runner
+
+
+def timed(call) -> tuple[float, object]:
+    started = time.monotonic()
+    result = call()
+    return time.monotonic() - started, result
+
+
+def log_lines(server: UvicornServer, text: str) -> list[str]:
+    return [line for line in server.lines if text in line]
+
+
+# --- A stalled database: connections stay open, nothing comes back --------------------------
+def test_stalled_database_answers_503_within_the_bound_then_recovers(mysql_engine, make_proxy):
+    proxy = make_proxy()
+    server = UvicornServer(url_of(mysql_engine, proxy), extra_env={"DB_TIMEOUT": str(BOUND)})
+    with server.wait_started(), server.client(timeout=60) as http:
+        user_id = http.post("/users/", json={"username": "ada", "email": "a@example.com"})
+        user_id = user_id.json()["id"]
+        assert http.get(f"/users/{user_id}").status_code == 200
+
+        proxy.stalled = True
+        alone, response = timed(lambda: http.get(f"/users/{user_id}"))
+        assert response.status_code == 503, response.text
+        assert response.json() == {"detail": "Database unavailable"}
+        assert response.headers["Retry-After"]
+        assert alone <= BOUND + MARGIN
+
+        def one(number: int) -> tuple[float, int]:
+            if number % 2:
+                seconds, answer = timed(lambda: http.get(f"/users/{user_id}"))
+            else:
+                body = {"username": f"user{number}", "email": "a@example.com"}
+                seconds, answer = timed(lambda: http.post("/users/", json=body))
+            return seconds, answer.status_code
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            waiting = pool.map(one, range(64))
+            time.sleep(0.5)
+            root_seconds, root = timed(lambda: http.get("/"))  # while 64 wait on the database
+            results = list(waiting)
+        proxy.stalled = False
+        after = http.get(f"/users/{user_id}")
+
+    slowest = max(seconds for seconds, _ in results)
+    print(
+        f"\nstalled: one request 503 after {alone:.2f} s;"
+        f" 64 at once: {dict(Counter(s for _, s in results))}"
+        f", slowest {slowest:.2f} s (bound {BOUND:g} s); GET / meanwhile {root_seconds * 1000:.0f}"
+        f" ms; after the stall: {after.status_code}"
+    )
+    assert Counter(status for _, status in results) == {503: 64}
+    assert slowest <= 2 * BOUND + MARGIN
+    assert root.status_code == 200 and root_seconds < 0.5
+    assert after.status_code == 200
+    [line, *_] = log_lines(server, "answered 503 Database unavailable")
+    assert "OperationalError" in line and "2013" in line, line  # lost: timed out
+    assert mysql_engine.url.password not in "\n".join(server.lines)
+
+
+def test_default_bound_is_10_seconds_and_set_in_dotenv_example():
+    assert main.Settings.model_fields["db_timeout"].default == 10
+    assert "DB_TIMEOUT=10" in (ROOT / ".env.example").read_text()
+
+
+# --- 503 means unavailable, and nothing else --------------------------------------------------
+def test_schema_error_at_runtime_answers_500_and_logs_the_cause(engine, tmp_path):
+    with UvicornServer(url_of(engine)).wait_started() as server, server.client() as http:
+        assert http.post("/users/", json={"username": "ada", "email": "a@example.com"})
+        with engine.begin() as connection:  # the table no longer matches the model
+            connection.execute(text("ALTER TABLE users DROP COLUMN email"))
+        response = http.get("/users/")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
+    [line] = log_lines(server, "answered 500 Internal Server Error")
+    expected = "no such column" if engine.dialect.name == "sqlite" else "(1054) Unknown column"
+    assert "OperationalError" in line and expected in line and "email" in line, line
+    assert "FROM users" not in response.text and "FROM users" not in line  # no SQL
+    print(f"\nlog: {line}")
+
+
+def test_deadlock_answers_503_busy_with_retry_after(mysql_engine):
+    # InnoDB's textbook deadlock: a transaction holds a new username; two requests insert the
+    # same name and wait for it; it rolls back, and both waiters want the same lock at once.
+    with UvicornServer(url_of(mysql_engine)).wait_started() as server, server.client() as http:
+        holder = mysql_engine.connect()
+        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
+        body = {"username": "x", "email": "a@example.com"}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            waiting = [pool.submit(http.post, "/users/", json=body) for _ in range(2)]
+            time.sleep(0.5)  # both INSERTs now wait for the holder's lock
+            holder.rollback()
+            holder.close()
+            responses = [future.result() for future in waiting]
+    by_status = {response.status_code: response for response in responses}
+    assert set(by_status) == {201, 503}, [r.text for r in responses]
+    assert by_status[503].json() == {"detail": "Database busy, try again"}
+    assert by_status[503].headers["Retry-After"] == "1"
+    [line] = log_lines(server, "answered 503 Database busy")
+    assert "(1213) Deadlock found" in line, line
+
+
+def test_locked_sqlite_file_answers_503_busy(tmp_path):
+    url = f"sqlite:///{tmp_path}/app.db"
+    holder_engine = create_engine(url)
+    body = {"username": "ada", "email": "a@example.com"}
+    with (
+        UvicornServer(url, extra_env={"DB_TIMEOUT": "1"}).wait_started() as server,
+        holder_engine.connect() as holder,
+        server.client() as http,
+    ):
+        holder.exec_driver_sql("BEGIN IMMEDIATE")  # holds the write lock on the file
+        seconds, response = timed(lambda: http.post("/users/", json=body))
+        holder.rollback()
+        after = http.post("/users/", json=body)
+    holder_engine.dispose()
+    assert response.status_code == 503 and seconds < 1 + MARGIN
+    assert response.json() == {"detail": "Database busy, try again"}
+    assert after.status_code == 201
+    [line] = log_lines(server, "answered 503 Database busy")
+    assert "database is locked" in line, line
+
+
+def test_another_unique_rule_is_409_with_its_own_detail_and_logged(engine, client, caplog):
+    with engine.begin() as connection:  # a rule the model does not know about
+        connection.execute(text("CREATE UNIQUE INDEX uq_users_email ON users (email)"))
+    assert client.post("/users/", json={"username": "ada", "email": "a@example.com"})
+    response = client.post("/users/", json={"username": "grace", "email": "a@example.com"})
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Conflicts with existing data"}
+    [record] = [r for r in caplog.records if "answered 409" in r.getMessage()]
+    assert "IntegrityError" in record.getMessage() and "email" in record.getMessage()
+
+
+def test_a_taken_username_is_still_409_username_taken_beside_another_rule(engine, client):
+    with engine.begin() as connection:
+        connection.execute(text("CREATE UNIQUE INDEX uq_users_email ON users (email)"))
+    client.post("/users/", json={"username": "ada", "email": "a@example.com"})
+    response = client.post("/users/", json={"username": "ada", "email": "b@example.com"})
+    assert response.json() == {"detail": "Username already taken"}
+
+
+# --- A model column missing from an existing table --------------------------------------------
+def test_missing_column_stops_startup_with_one_line_naming_it(engine, tmp_path):
+    # Exercise 2 the way a student first does it: the new columns in the model, the old table.
+    with UvicornServer(url_of(engine)).wait_started() as server:  # creates today's table
+        pass
+    shutil.copy(ROOT / "main.py", tmp_path / "main.py")
+    patch = ROOT / "exercises" / "solutions" / "02_active_and_created_at.patch"
+    subprocess.run(["git", "apply", str(patch)], cwd=tmp_path, check=True, capture_output=True)
+    server = UvicornServer(url_of(engine), cwd=tmp_path)
+    code = server.process.wait(timeout=30)
+    server.stop()
+    [line] = log_lines(server, "has no column")
+    assert code != 0
+    assert "'users'" in line and "'is_active'" in line and "'created_at'" in line
+    assert "ALTER TABLE users ADD" in line
+    print(f"\n{engine.dialect.name}: {line}")
+
+
+# --- Clean shutdown and long-lived connections ------------------------------------------------
+def aborted_clients(engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")).one()[1])
+
+
+def test_sigterm_after_load_aborts_no_connection(mysql_engine):
+    before = aborted_clients(mysql_engine)
+    server = UvicornServer(url_of(mysql_engine)).wait_started()
+    with server.client() as http, ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = Counter(
+            pool.map(
+                lambda n: (
+                    http.post(
+                        "/users/", json={"username": f"u{n}", "email": "a@example.com"}
+                    ).status_code
+                ),
+                range(200),
+            )
+        )
+    server.stop()  # SIGTERM
+    mysql_engine.dispose()
+    after = aborted_clients(mysql_engine)
+    print(f"\nAborted_clients {before} -> {after} after {dict(statuses)} and SIGTERM")
+    assert statuses == {201: 200}
+    assert after - before == 0
+
+
+def test_requests_in_flight_at_sigterm_finish(mysql_engine, make_proxy):
+    proxy = make_proxy(latency=0.1)  # each request now takes several tenths of a second
+    server = UvicornServer(url_of(mysql_engine, proxy)).wait_started()
+    with server.client() as http, ThreadPoolExecutor(max_workers=4) as pool:
+        assert http.get("/users/").status_code == 200  # the pool holds connections now
+        in_flight = [
+            pool.submit(http.post, "/users/", json={"username": f"u{n}", "email": "a@e.com"})
+            for n in range(4)
+        ]
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        statuses = [future.result().status_code for future in in_flight]
+        server.process.wait(timeout=30)
+    server.stop()
+    assert statuses == [201] * 4
+
+
+def test_pool_recycles_connections_before_the_server_drops_them(mysql_engine):
+    with mysql_engine.connect() as connection:
+        wait_timeout = connection.execute(text("SELECT @@GLOBAL.wait_timeout")).scalar()
+    assert 0 < main.db_engine.pool._recycle < wait_timeout
+    assert main.db_engine.pool._pre_ping
