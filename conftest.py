@@ -25,10 +25,15 @@ def make_engine(backend: str, tmp_path) -> Engine:
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
         pytest.skip(MYSQL_SKIPPED)
     test_engine = create_engine(MYSQL_URL, pool_pre_ping=True, **POOL_AS_IN_MAIN)
-    everything = MetaData()  # every table there, also ones that other code (exercises) left
-    everything.reflect(test_engine)
-    everything.drop_all(test_engine)
-    return test_engine
+    return emptied(test_engine)
+
+
+def emptied(engine: Engine) -> Engine:
+    """Drops every table there, also Alembic's and ones that other code (exercises) left."""
+    everything = MetaData()
+    everything.reflect(engine)
+    everything.drop_all(engine)
+    return engine
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

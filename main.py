@@ -1,24 +1,40 @@
 """The reference app: FastAPI + SQLAlchemy + MySQL, in the tutorial's order. See README.md."""
 
 import logging
+import pathlib
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, String, create_engine, delete, event, inspect, select
+from sqlalchemy import (
+    Engine,
+    MetaData,
+    String,
+    create_engine,
+    delete,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.pool import NullPool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # uvicorn prints its own logger's INFO lines; a logger of our own would stay silent.
 logger = logging.getLogger("uvicorn.error")
@@ -35,18 +51,19 @@ class Settings(BaseSettings):
 
 settings = Settings()
 IS_SQLITE = settings.database_url.startswith("sqlite")
+MIGRATIONS = ScriptDirectory(str(pathlib.Path(__file__).with_name("migrations")))
 
 
 # --- Section 3: the engine and the model ----------------------------------------------------
-# A stalled server or network must not hang a request: each wait for an answer or a connection
-# gets half of DB_TIMEOUT, as a request may wait twice (a failed ping, then a new connection).
+# A stalled server must not hang requests (PyMySQL waits forever by default): each wait gets
+# half of DB_TIMEOUT, as a request may wait twice, for a failed ping, then a new connection.
 WAIT = settings.db_timeout / 2
 if IS_SQLITE:  # a file: how long to wait while another connection writes
     options: dict = {"connect_args": {"timeout": WAIT}}
 else:  # a server: one connection per session that get_session lets in, kept open
-    timeouts = {"connect_timeout": WAIT, "read_timeout": WAIT, "write_timeout": WAIT}
     options = {"pool_size": settings.db_pool_size, "max_overflow": 0, "pool_timeout": WAIT}
-    options["connect_args"] = timeouts  # PyMySQL waits forever by default
+    timeouts = ["connect_timeout", "read_timeout", "write_timeout"]
+    options["connect_args"] = dict.fromkeys(timeouts, WAIT)
 
 db_engine = create_engine(
     settings.database_url,
@@ -69,7 +86,16 @@ def enforce_foreign_keys(dbapi_connection: object, connection_record: object) ->
         dbapi_connection.execute("PRAGMA foreign_keys = ON")
 
 
-BaseModelClass = declarative_base()
+# Alembic's naming convention: every constraint and index gets the same name on every database,
+# so that a migration can name the one it changes (README: Changing the schema).
+NAMES = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+BaseModelClass = declarative_base(metadata=MetaData(naming_convention=NAMES))
 
 
 class UserTable(BaseModelClass):
@@ -151,23 +177,28 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 # --- Section 5: the application -------------------------------------------------------------
-def create_tables() -> None:  # section 5.1: creates missing tables, leaves existing ones alone
-    try:
-        BaseModelClass.metadata.create_all(db_engine)
-    except OperationalError:  # `--workers 4`: another worker created the table a moment ago
-        BaseModelClass.metadata.create_all(db_engine)
+def create_tables() -> None:
+    """Section 5.1 for a first run; a database that Alembic manages is left to Alembic."""
+    database = inspect(db_engine)
+    if database.has_table("alembic_version"):
+        return  # `alembic upgrade head` changes this database: create_all must not
+    new = not database.get_table_names()
+    BaseModelClass.metadata.create_all(db_engine)
+    if new:  # made from today's models, which Alembic's newest revision describes: say so
+        with db_engine.begin() as connection:
+            MigrationContext.configure(connection).stamp(MIGRATIONS, "head")
 
 
 def check_columns() -> None:
     """create_all never changes an existing table: stop if one lacks a column the model has."""
     database = inspect(db_engine)
     for table in BaseModelClass.metadata.sorted_tables:
-        present = {column["name"] for column in database.get_columns(table.name)}
-        if missing := [column.name for column in table.columns if column.name not in present]:
+        found = database.get_columns(table.name) if database.has_table(table.name) else []
+        if missing := [c.name for c in table.columns if c.name not in {f["name"] for f in found}]:
             raise RuntimeError(
                 f"Table '{table.name}' has no column {', '.join(map(repr, missing))}, which the"
-                " model declares: create_all never changes an existing table. Add the columns"
-                f" (ALTER TABLE {table.name} ADD ...), or delete the SQLite file to start over."
+                " model declares. Run `alembic upgrade head` to bring the database up to date"
+                " (README: Changing the schema), or delete the SQLite file to start over."
             )
 
 
@@ -176,15 +207,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     url = db_engine.url.render_as_string(hide_password=True)
     logger.info("Database: %s", url)
     try:
-        create_tables()
+        try:
+            create_tables()
+        except (OperationalError, IntegrityError):  # `--workers 4`: another worker was quicker
+            create_tables()
     except OperationalError as exc:  # stop at once with one clear line, not a driver traceback
         raise RuntimeError(
             f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
             "and that DATABASE_URL has the right host, port, user, password and database."
         ) from None
     check_columns()
-    # The app's state, reached as request.state.sessions: the turns that get_session hands out.
-    yield {"sessions": anyio.Semaphore(settings.db_pool_size)}
+    # /readyz's engine: a new connection for each check, with 1 s timeouts (about 2 s in all).
+    sqlite = db_engine.dialect.name == "sqlite"
+    quick = {"timeout": 1} if sqlite else {"connect_timeout": 1, "read_timeout": 1}
+    probe = create_engine(db_engine.url, poolclass=NullPool, connect_args=quick)
+    # The app's state, seen as request.state: the turns that get_session hands out, the probe.
+    yield {"sessions": anyio.Semaphore(settings.db_pool_size), "probe": probe}
     db_engine.dispose()  # says goodbye to the server: no "Aborted connection" in its log
 
 
@@ -194,7 +232,10 @@ app = FastAPIOffline(
     title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
     description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
     version="1.0.0",
-    openapi_tags=[{"name": "users", "description": "Create, read, update and delete users"}],
+    openapi_tags=[
+        {"name": "users", "description": "Create, read, update and delete users"},
+        {"name": "health", "description": "Probes for a load balancer: liveness and readiness"},
+    ],
     lifespan=lifespan,
 )
 
@@ -214,7 +255,8 @@ def errors(*codes: int) -> dict:
 
 # --- Database errors: an honest answer for each, and the real cause in the log ---------------
 UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, "SQLITE_CANTOPEN"}  # cannot reach it
-BUSY = {1205, 1213, "SQLITE_BUSY"}  # a lock wait timed out, or a deadlock: try again
+DEADLOCK = 1213  # also, on a Galera cluster, a write that lost to another node's
+BUSY = {DEADLOCK, 1205, "SQLITE_BUSY"}  # a deadlock, or a lock held too long: try again
 DUPLICATE = {1062, "SQLITE_CONSTRAINT_UNIQUE"}
 FOREIGN_KEY = {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}
 
@@ -234,11 +276,48 @@ def username_taken(error: IntegrityError) -> bool:
     return code in DUPLICATE and "username" in message.split()[-1]
 
 
+class RetryRequest(Exception):
+    """The database broke a deadlock by rolling this request's transaction back."""
+
+
+class RetryOnDeadlock:
+    """Runs a request once more, from the start, after a deadlock. The first run wrote nothing
+    (the database rolled it back), and the second meets the rows the winner wrote: a racing
+    create of a taken username then gets its 409 (README: Reliability)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body = [await receive()]  # kept, to send the request again
+        while body[-1].get("more_body"):
+            body.append(await receive())
+
+        async def replay() -> dict:
+            return unread.pop(0) if unread else await receive()
+
+        unread = list(body)
+        try:
+            await self.app(scope, replay, send)
+        except RetryRequest:
+            unread = list(body)
+            await self.app({**scope, "retried": True}, replay, send)
+
+
+app.add_middleware(RetryOnDeadlock)
+
+
 @app.exception_handler(DBAPIError)
 @app.exception_handler(PoolTimeoutError)
 @app.exception_handler(TimeoutError)
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
     code, cause = driver_error(exc)
+    where = f"{request.method} {request.url.path}"
+    if code == DEADLOCK and not request.scope.get("retried"):
+        logger.warning("Database error on %s, running it again: %s", where, cause)
+        raise RetryRequest  # RetryOnDeadlock, below, catches it
     if isinstance(exc, IntegrityError) and code in DUPLICATE | FOREIGN_KEY:
         # A rule of the schema that the route does not handle, such as a second unique column.
         answer, headers = (409, "Conflicts with existing data"), None
@@ -248,7 +327,6 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
         answer, headers = (503, "Database unavailable"), {"Retry-After": "5"}
     else:  # the model and the schema disagree, or a bug: a 500, and the cause in the log
         answer, headers = (500, "Internal Server Error"), None
-    where = f"{request.method} {request.url.path}"
     logger.error("Database error on %s, answered %s %s: %s", where, *answer, cause)
     return JSONResponse({"detail": answer[1]}, answer[0], headers=headers)
 
@@ -267,6 +345,23 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
 @app.get("/", tags=["hello"])
 def read_root() -> dict[str, str]:
     return {"message": "Hello, World!"}
+
+
+# --- Health: for a load balancer or an orchestrator (README: Deploying) ----------------------
+@app.get("/livez", tags=["health"])
+async def livez() -> dict[str, str]:
+    """The app runs. Never touches the database: a database blip must not restart the app."""
+    return {"status": "alive"}
+
+
+@app.get("/readyz", tags=["health"], responses=errors())
+def readyz(request: Request) -> dict[str, str]:
+    """The database answers `SELECT 1` within about 2 s: send this app traffic."""
+    # Its own short-lived connection, with short timeouts: the check never waits for, nor
+    # takes, a connection that requests need. A database error answers 503 (database_error).
+    with request.state.probe.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return {"status": "ready"}
 
 
 # --- Section 8: CRUD ------------------------------------------------------------------------
@@ -295,12 +390,35 @@ def create_user(user: UserInput, session: SessionDep) -> UserTable:
 @app.get("/users/", response_model=list[UserOutput], responses=errors(), tags=["users"])
 def read_users(
     session: SessionDep,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    request: Request,
+    response: Response,
+    after_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    skip: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> list[UserTable]:
-    """List users in the order they were created, `limit` (at most 100) at a time."""
-    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)
-    return list(session.scalars(query))
+    """List users in id order (the order they were created), `limit` (at most 100) at a time.
+
+    Page with **`after_id`**: the users after that id. It costs the same at any depth, and
+    the next page's URL comes in the `Link: <...>; rel="next"` header (none on the last page).
+    **`skip`** works too, but the database reads and drops every skipped row: deep pages get slow.
+    """
+    if skip is not None and after_id is not None:  # a 422 in FastAPI's own shape, as for any query
+        message, where = "Use skip or after_id, not both", ("query", "after_id")
+        problem = {"type": "value_error", "loc": where, "msg": message, "input": after_id}
+        raise RequestValidationError([problem])
+    query = select(UserTable).order_by(UserTable.id).limit(limit + 1)  # one more: is there a next?
+    if after_id is not None:
+        query = query.where(UserTable.id > after_id)  # the primary key's index finds the start
+    else:
+        query = query.offset(skip or 0)
+    users = list(session.scalars(query))
+    if len(users) > limit:
+        users.pop()
+        next_page = request.url.remove_query_params("skip").include_query_params(
+            after_id=users[-1].id
+        )
+        response.headers["Link"] = f'<{next_page}>; rel="next"'
+    return users
 
 
 @app.get("/users/{user_id}", response_model=UserOutput, responses=errors(404), tags=["users"])

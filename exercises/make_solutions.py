@@ -46,18 +46,16 @@ def active_and_created_at(src: str) -> str:
     src = after(
         src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
     )
-    src = replace(
-        src,
-        "from sqlalchemy import Engine, String,",
-        "from sqlalchemy import DateTime, Engine, String,",
-    )
+    src = after(src, "from sqlalchemy import (\n", "    DateTime,\n    func,\n    true,\n")
     src = after(
         src,
         "    email: Mapped[str] = mapped_column(String(120))\n",
-        """    is_active: Mapped[bool] = mapped_column(default=True)
+        """    # default: what the app writes; server_default: what the table says, so that the
+    # migration can fill the rows that exist already (README: Changing the schema).
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
     # MySQL's DATETIME keeps no time zone: store UTC, and say so when reading it back.
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=lambda: datetime.now(UTC)
+        DateTime(timezone=True), default=lambda: datetime.now(UTC), server_default=func.now()
     )
 """,
     )
@@ -76,11 +74,7 @@ def active_and_created_at(src: str) -> str:
 
 
 def posts(src: str) -> str:
-    src = replace(
-        src,
-        "from sqlalchemy import Engine, String,",
-        "from sqlalchemy import Engine, ForeignKey, String, Text,",
-    )
+    src = after(src, "from sqlalchemy import (\n", "    ForeignKey,\n    Text,\n")
     src = replace(
         src,
         "from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column",
@@ -167,12 +161,58 @@ def domain_filter(src: str) -> str:
     )
     return after(
         src,
-        "    query = select(UserTable).order_by(UserTable.id).offset(skip).limit(limit)\n",
+        "        query = query.offset(skip or 0)\n",
         """    if domain:
         # EmailStr stores the domain in lower case; autoescape makes % and _ plain characters.
         query = query.where(UserTable.email.endswith("@" + domain.lower(), autoescape=True))
 """,
     )
+
+
+REVISION_0002_PATH = "migrations/versions/2026_11_26_0002_users_is_active_and_created_at.py"
+REVISION_0002 = '''"""users: is_active and created_at
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-26
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision: str = "0002"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # Written by `alembic revision --autogenerate`, then reviewed: it had written SQLite's own
+    # text for the defaults ("1", "(CURRENT_TIMESTAMP)"); sa.true() and sa.func.now() work on
+    # every database. The rows that exist get these defaults: active, and created now (when
+    # they were really created was never stored). On SQLite, the batch copies the table.
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.add_column(
+            sa.Column("is_active", sa.Boolean(), server_default=sa.true(), nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column(
+                "created_at",
+                sa.DateTime(timezone=True),
+                server_default=sa.func.now(),
+                nullable=False,
+            )
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.drop_column("created_at")
+        batch_op.drop_column("is_active")
+'''
 
 
 RACE_TEST = '''"""Exercise 5: many requests create the same new username at the same moment."""
@@ -227,7 +267,9 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
         first = 1  # the body starts after the signature's last line, `) -> ...:` for read_users
         if signature.startswith("def read_users"):
             first = next(n for n, line in enumerate(lines) if line.startswith(")")) + 1
-        if lines[first].lstrip().startswith('"""'):  # keep the docstring first
+        if lines[first].lstrip().startswith('"""'):  # keep the docstring first, all its lines
+            if lines[first].count('"""') == 1:
+                first = next(n for n in range(first + 1, len(lines)) if '"""' in lines[n])
             first += 1
         indented = [("    " + line if line else line) for line in lines[first:]]
         body = "\n".join([*lines[:first], "    with SessionLocal() as session:", *indented])
@@ -240,21 +282,23 @@ SOLUTIONS = {
     "02_active_and_created_at": active_and_created_at,
     "03_posts": posts,
     "04_domain_filter": domain_filter,
-    "05_race_test": None,
+    "05_race_test": None,  # a new file only (NEW_FILES)
     "06_approach_b": approach_b,
 }
 
 
 def formatted(text: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", "main.py", "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return result.stdout
+    """The text as ruff leaves it: imports sorted, then formatted."""
+    for command in (["check", "--select", "I", "--fix", "--quiet"], ["format"]):
+        text = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", "main.py", "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+    return text
 
 
 def patch_for(name: str, before: str, after_text: str, path: str) -> str:
@@ -268,15 +312,22 @@ def patch_for(name: str, before: str, after_text: str, path: str) -> str:
     )
 
 
+# Files a solution adds, besides its change to main.py.
+NEW_FILES = {
+    "02_active_and_created_at": {REVISION_0002_PATH: REVISION_0002},
+    "05_race_test": {"exercises/student/test_duplicate_race.py": RACE_TEST},
+}
+
+
+def new_file(path: str, text: str) -> str:
+    return f"diff --git a/{path} b/{path}\nnew file mode 100644\n" + patch_for("", "", text, path)
+
+
 if __name__ == "__main__":
     source = (ROOT / "main.py").read_text()
     for name, edit in SOLUTIONS.items():
-        if edit is None:
-            patch = (
-                "diff --git a/exercises/student/test_duplicate_race.py b/exercises/student/test_duplicate_race.py\nnew file mode 100644\n"
-                + patch_for(name, "", RACE_TEST, "exercises/student/test_duplicate_race.py")
-            )
-        else:
-            patch = patch_for(name, source, formatted(edit(source)), "main.py")
+        patch = patch_for(name, source, formatted(edit(source)), "main.py") if edit else ""
+        for path, text in NEW_FILES.get(name, {}).items():
+            patch += new_file(path, text)
         (ROOT / "exercises" / "solutions" / f"{name}.patch").write_text(patch)
         print(f"wrote exercises/solutions/{name}.patch")

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,17 @@ from pathlib import Path
 import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def copy_app(folder: Path) -> Path:
+    """main.py with what it needs beside it (its Alembic revisions), copied into folder."""
+    shutil.copy(ROOT / "main.py", folder / "main.py")
+    shutil.copy(ROOT / "alembic.ini", folder / "alembic.ini")
+    shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
+    return folder
+
+
+IGNORED = shutil.ignore_patterns("__pycache__")
 
 
 def free_port() -> int:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, copy_app
 
 EXERCISES = sorted(path.stem for path in (ROOT / "exercises" / "solutions").glob("*.patch"))
-COPIED = ["main.py", "conftest.py", "pyproject.toml", "tests/__init__.py", "tests/support.py"]
+COPIED = ["conftest.py", "pyproject.toml", "tests/__init__.py", "tests/support.py"]
 
 
 def app_copy(tmp_path: Path) -> Path:
+    copy_app(tmp_path)
     for name in COPIED:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)

@@ -6,7 +6,6 @@ returned dict, and a FastAPI-docs-style read that returns the ORM object through
 `response_model`. Nothing in them knows about pools, threads or limits: get_session must.
 """
 
-import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 
 from conftest import url_of
-from tests.support import ROOT, UvicornServer
+from tests.support import UvicornServer, copy_app
 
 LEARNER_ROUTES = """
 
@@ -53,7 +52,7 @@ REQUESTS = 640
 
 
 def app_with_learner_routes(tmp_path):
-    shutil.copy(ROOT / "main.py", tmp_path / "main.py")
+    copy_app(tmp_path)
     with (tmp_path / "main.py").open("a") as main_py:
         main_py.write(LEARNER_ROUTES)
     return tmp_path

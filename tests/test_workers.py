@@ -1,7 +1,6 @@
 """Several uvicorn workers starting together on an empty MySQL database all come up."""
 
-from conftest import url_of
-from main import BaseModelClass
+from conftest import emptied, url_of
 from tests.support import UvicornServer
 
 WORKERS = 4
@@ -12,7 +11,7 @@ def test_all_workers_start_on_an_empty_database_when_their_first_queries_collide
     mysql_engine, make_proxy
 ):
     for round_number in range(1, ROUNDS + 1):
-        BaseModelClass.metadata.drop_all(mysql_engine)  # a fresh, empty database each round
+        emptied(mysql_engine)  # a fresh, empty database each round
         # The proxy holds the workers' first connections and lets them through together, so
         # that every worker's CREATE TABLE reaches the server at the same moment.
         proxy = make_proxy(hold=WORKERS)

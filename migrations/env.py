@@ -1,0 +1,45 @@
+"""Alembic's environment: the app's own DATABASE_URL and models (main.py), so that `alembic`
+commands work on the database the app uses. See README.md, "Changing the schema"."""
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+import main
+
+config = context.config
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+OPTIONS = {
+    "target_metadata": main.BaseModelClass.metadata,  # what autogenerate compares against
+    # SQLite cannot change a column in place: "batch" operations copy the table instead. They
+    # work on MySQL too, so one revision file serves both.
+    "render_as_batch": True,
+}
+
+
+def run_migrations_offline() -> None:
+    """`alembic upgrade head --sql`: print the SQL instead of running it."""
+    context.configure(url=main.settings.database_url, literal_binds=True, **OPTIONS)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    # The tests (and pytest-alembic) hand over an engine of their own; the command line uses
+    # the app's DATABASE_URL.
+    engine = config.attributes.get("connection") or create_engine(
+        main.settings.database_url, poolclass=pool.NullPool
+    )
+    with engine.connect() as connection:
+        context.configure(connection=connection, **OPTIONS)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
