@@ -9,6 +9,7 @@ from sqlalchemy import Engine, MetaData, create_engine, select
 from sqlalchemy.orm import Session
 
 import main
+from tests.galera import MISSING as GALERA_SKIPPED
 from tests.support import TcpProxy
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
@@ -92,10 +93,13 @@ def make_proxy(mysql_engine: Engine) -> Iterator[Callable[..., TcpProxy]]:
 
 
 def pytest_unconfigure(config) -> None:
-    """After pytest's own last line, one more: a run that skipped the MySQL cases says so last,
-    so that "passed" alone never reads as "passed on both backends"."""
+    """After pytest's own last line, one more for each kind of case skipped for want of a
+    server, so that "passed" alone never reads as "passed everywhere"."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter else []
-    count = sum(MYSQL_SKIPPED in str(report.longrepr) for report in skipped)
-    if count:
-        reporter.write_line(f"SQLite only: {count} {MYSQL_SKIPPED}", yellow=True, bold=True)
+    if reporter is None:
+        return
+    skipped = [str(report.longrepr) for report in reporter.stats.get("skipped", [])]
+    if mysql := sum(MYSQL_SKIPPED in reason for reason in skipped):
+        reporter.write_line(f"SQLite only: {mysql} {MYSQL_SKIPPED}", yellow=True, bold=True)
+    if cluster := sum(GALERA_SKIPPED in reason for reason in skipped):
+        reporter.write_line(f"{cluster} {GALERA_SKIPPED}", yellow=True, bold=True)

@@ -206,16 +206,16 @@ def check_columns() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     url = db_engine.url.render_as_string(hide_password=True)
     logger.info("Database: %s", url)
-    try:
+    for attempt in (1, 2, 3):  # `--workers 4`, or apps on several nodes: another can be quicker
         try:
             create_tables()
-        except (OperationalError, IntegrityError):  # `--workers 4`: another worker was quicker
-            create_tables()
-    except OperationalError as exc:  # stop at once with one clear line, not a driver traceback
-        raise RuntimeError(
-            f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
-            "and that DATABASE_URL has the right host, port, user, password and database."
-        ) from None
+            break
+        except (OperationalError, IntegrityError) as exc:
+            if attempt == 3:  # stop with one clear line, not a driver traceback
+                raise RuntimeError(
+                    f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
+                    "and that DATABASE_URL has the right host, port, user, password and database."
+                ) from None
     check_columns()
     # /readyz's engine: a new connection for each check, with 1 s timeouts (about 2 s in all).
     sqlite = db_engine.dialect.name == "sqlite"

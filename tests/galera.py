@@ -1,0 +1,159 @@
+"""A two-node MariaDB Galera cluster on this machine, for the tests: Debian's galera-4 and rsync.
+
+Each node has its own folder (data, socket, log, config) and its own loopback ports for
+MySQL, group communication, incremental state transfer (IST) and rsync state transfer (SST).
+The main MariaDB server, its datadir and its port are never touched.
+
+    python -m tests.galera      # starts a cluster, prints its URLs, stops it on Enter
+"""
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support import ROOT, free_port
+
+PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
+MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
+MARIADB = shutil.which("mariadb") or "/usr/bin/mariadb"
+MISSING = "Galera cases skipped: install galera-4 and rsync (apt-get install galera-4 rsync)"
+
+CONFIG = """[mariadbd]
+datadir = {folder}/data
+socket = {folder}/mysqld.sock
+pid-file = {folder}/mysqld.pid
+log-error = {folder}/error.log
+port = {port}
+bind-address = 127.0.0.1
+skip-name-resolve
+innodb_buffer_pool_size = 64M
+innodb_log_file_size = 16M
+# What Galera requires: row-based replication, InnoDB, interleaved AUTO_INCREMENT locks.
+binlog_format = ROW
+default_storage_engine = InnoDB
+innodb_autoinc_lock_mode = 2
+wsrep_on = ON
+wsrep_provider = {provider}
+wsrep_cluster_name = reference-app-tests
+wsrep_cluster_address = gcomm://{peers}
+wsrep_node_name = node{number}
+wsrep_node_address = 127.0.0.1
+wsrep_provider_options = "gmcast.listen_addr=tcp://127.0.0.1:{gcomm};ist.recv_addr=127.0.0.1:{ist};gcache.size=32M"
+wsrep_sst_method = rsync
+wsrep_sst_receive_address = 127.0.0.1:{sst}
+"""
+
+
+def available() -> bool:
+    return PROVIDER.exists() and shutil.which("rsync") is not None and Path(MARIADBD).exists()
+
+
+class Node:
+    def __init__(self, folder: Path, number: int):
+        self.folder, self.number = folder, number
+        self.port, self.gcomm, self.ist, self.sst = (free_port() for _ in range(4))
+        self.process: subprocess.Popen | None = None
+
+    def configure(self, peers: str) -> None:
+        self.folder.mkdir(parents=True)
+        shutil.chown(self.folder, "mysql", "mysql")  # mariadbd runs as mysql: its files too
+        (self.folder / "my.cnf").write_text(
+            CONFIG.format(
+                folder=self.folder,
+                port=self.port,
+                provider=PROVIDER,
+                peers=peers,
+                number=self.number,
+                gcomm=self.gcomm,
+                ist=self.ist,
+                sst=self.sst,
+            )
+        )
+        subprocess.run(
+            [INSTALL_DB, f"--defaults-file={self.folder / 'my.cnf'}", "--user=mysql"],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self, *extra: str) -> None:
+        command = [MARIADBD, f"--defaults-file={self.folder / 'my.cnf'}", "--user=mysql", *extra]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM): the node leaves the cluster and can rejoin later."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+        self.process = None
+
+    def sql(self, statements: str) -> str:
+        """Runs SQL as root over the node's own socket, with the mariadb client, as CI does."""
+        command = [MARIADB, f"--socket={self.folder / 'mysqld.sock'}", "-uroot", "-N", "-B"]
+        result = subprocess.run(command, input=statements, capture_output=True, text=True)
+        return result.stdout if result.returncode == 0 else ""
+
+    def status(self, name: str) -> str | None:
+        row = self.sql(f"SHOW GLOBAL STATUS LIKE '{name}'").split()
+        return row[1] if len(row) == 2 else None
+
+    def wait_synced(self, cluster_size: int, timeout: float = 120) -> float:
+        """Seconds until this node is Synced in a cluster of cluster_size nodes."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"node{self.number} exited:\n{self.log_tail()}")
+            synced = self.status("wsrep_local_state_comment") == "Synced"
+            if synced and self.status("wsrep_cluster_size") == str(cluster_size):
+                return time.monotonic() - started
+            time.sleep(0.2)
+        raise RuntimeError(f"node{self.number} not synced after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        log = self.folder / "error.log"
+        return "\n".join(log.read_text().splitlines()[-30:]) if log.exists() else "(no log)"
+
+
+class GaleraCluster:
+    """Two nodes: node1 bootstraps the cluster, node2 joins it by state transfer (rsync)."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="galera-"))
+        shutil.chown(self.folder, "mysql", "mysql")
+        self.nodes = [Node(self.folder / f"node{number}", number) for number in (1, 2)]
+        peers = ",".join(f"127.0.0.1:{node.gcomm}" for node in self.nodes)
+        for node in self.nodes:
+            node.configure(peers)
+
+    def start(self) -> "GaleraCluster":
+        first, second = self.nodes
+        first.start("--wsrep-new-cluster")
+        first.wait_synced(cluster_size=1)
+        # The same user and databases as on a single server (README: Use MySQL); Galera
+        # replicates these statements to every node.
+        first.sql((ROOT / "scripts" / "mysql-setup.sql").read_text())
+        second.start()
+        second.wait_synced(cluster_size=2)
+        return self
+
+    def url(self, node: Node, database: str = "tutorial_test") -> str:
+        return f"mysql+pymysql://tutorial:tutorial-pass@127.0.0.1:{node.port}/{database}"
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    cluster = GaleraCluster().start()
+    try:
+        for node in cluster.nodes:
+            print(f"node{node.number}: {cluster.url(node)}")
+        input("Press Enter to stop the cluster.")
+    finally:
+        cluster.stop()

@@ -1,0 +1,243 @@
+"""The app on a real multi-primary cluster: MariaDB Galera, two nodes, one app per node (issue 15).
+
+The cluster (tests/galera.py) starts once for this file, on its own ports and folders. Each
+test empties its database, then talks to `uvicorn main:app` on node 1 and on node 2."""
+
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from conftest import emptied
+from tests import galera
+from tests.support import UvicornServer
+
+ROUNDS = 5  # each race, this many times in a row
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not galera.available():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Galera cases. {galera.MISSING}")
+        pytest.skip(galera.MISSING)
+    started = time.monotonic()
+    cluster = galera.GaleraCluster().start()
+    print(f"\nGalera cluster of 2 nodes up in {time.monotonic() - started:.1f} s")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def engines(cluster):
+    """An engine on each node, on an emptied database."""
+    made = [create_engine(cluster.url(node), pool_pre_ping=True) for node in cluster.nodes]
+    emptied(made[0])  # DDL replicates: the other node is empty too
+    yield made
+    for engine in made:
+        engine.dispose()
+
+
+class Apps(list):
+    """A client for the app on each node; .reruns() counts the requests run again after a
+    conflict (RetryOnDeadlock in main.py), from the apps' logs."""
+
+    def __init__(self, servers: list[UvicornServer]):
+        limits = httpx2.Limits(max_connections=250, max_keepalive_connections=250)
+        super().__init__(server.client(limits=limits) for server in servers)
+        self.servers = servers
+
+    def reruns(self) -> int:
+        return sum(server.count("running it again") for server in self.servers)
+
+
+@pytest.fixture
+def apps(cluster, engines):
+    """`uvicorn main:app` on each node (the first creates the table)."""
+    servers = [UvicornServer(cluster.url(node)).wait_started() for node in cluster.nodes]
+    clients = Apps(servers)
+    yield clients
+    for client in clients:
+        client.close()
+    for server in servers:
+        server.stop()
+
+
+def together(count: int, call) -> list[int]:
+    """Runs call(0) ... call(count - 1) in threads released at the same instant."""
+    start = threading.Barrier(count)
+
+    def run(number: int) -> int:
+        start.wait()
+        return call(number).status_code
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def rows(engine, query: str = "SELECT id, username FROM users ORDER BY id") -> list[tuple]:
+    """What a node holds, once it has applied every write the cluster committed before."""
+    with engine.connect() as connection:
+        connection.execute(text("SET SESSION wsrep_sync_wait = 1"))
+        return [tuple(row) for row in connection.execute(text(query))]
+
+
+def test_30_creates_of_one_username_across_nodes_give_one_201(apps, engines):
+    seen = []
+    for round_number in range(ROUNDS):
+        body = {"username": f"popular{round_number}", "email": "a@example.com"}
+        statuses = together(30, lambda n, body=body: apps[n % 2].post("/users/", json=body))
+        seen.append(Counter(statuses))
+        assert Counter(statuses) == {201: 1, 409: 29}, statuses
+    names = [f"popular{n}" for n in range(ROUNDS)]
+    for engine in engines:
+        assert sorted(name for _, name in rows(engine)) == names
+    print(
+        f"\n30 racing creates, 15 through each node, {ROUNDS} rounds: {seen};"
+        f" {apps.reruns()} requests ran again after a conflict at COMMIT"
+    )
+
+
+def test_200_distinct_creates_across_nodes_all_land_on_both_nodes(apps, engines):
+    def create(n: int):
+        return apps[n % 2].post("/users/", json={"username": f"user{n}", "email": "a@e.com"})
+
+    statuses = together(200, create)
+    assert Counter(statuses) == {201: 200}
+    first, second = (rows(engine) for engine in engines)
+    assert len(first) == 200 and first == second
+    ids = [user_id for user_id, _ in first]
+    print(f"\n200 creates: {Counter(statuses)}; ids odd/even: {Counter(i % 2 for i in ids)}")
+
+
+def test_12_patches_racing_to_one_username_across_nodes_have_one_winner(apps, engines):
+    for round_number in range(ROUNDS):
+        ids = [
+            apps[n % 2]
+            .post("/users/", json={"username": f"r{round_number}u{n}", "email": "a@e.com"})
+            .json()["id"]
+            for n in range(12)
+        ]
+        name = {"username": f"winner{round_number}"}
+        statuses = together(
+            12, lambda n, ids=ids, name=name: apps[n % 2].patch(f"/users/{ids[n]}", json=name)
+        )
+        assert Counter(statuses) == {200: 1, 409: 11}, statuses
+    for engine in engines:
+        winners = rows(engine, "SELECT id, username FROM users WHERE username LIKE 'winner%'")
+        assert len(winners) == ROUNDS
+    print(f"\n12 racing PATCHes, {ROUNDS} rounds: one winner each; {apps.reruns()} ran again")
+
+
+def test_a_patch_racing_a_delete_on_the_other_node_answers_200_or_404(apps, engines):
+    seen: Counter = Counter()
+    for round_number in range(ROUNDS * 3):
+        user_id = (
+            apps[0]
+            .post("/users/", json={"username": f"doomed{round_number}", "email": "a@e.com"})
+            .json()["id"]
+        )
+        path = f"/users/{user_id}"
+        calls = [
+            lambda path=path: apps[0].delete(path),
+            lambda path=path: apps[1].patch(path, json={"email": "b@e.com"}),
+        ]
+        deleted, patched = together(2, lambda n, calls=calls: calls[n]())
+        assert deleted == 204 and patched in {200, 404}, (deleted, patched)
+        seen[patched] += 1
+    for engine in engines:
+        assert rows(engine) == []
+    print(f"\nPATCH racing DELETE across nodes: {dict(seen)}; {apps.reruns()} ran again")
+
+
+def test_every_table_has_a_primary_key_as_galera_needs(apps, engines):
+    # Galera replicates rows by primary key: a table without one cannot be kept in step.
+    # The apps created the tables (and Alembic's version table) on the cluster.
+    database = inspect(engines[1])
+    tables = database.get_table_names()
+    assert {"users", "alembic_version"} <= set(tables)
+    for table in tables:
+        assert database.get_pk_constraint(table)["constrained_columns"], table
+
+
+def test_a_node_stops_and_rejoins_under_load_and_no_201_is_lost(cluster, apps, engines):
+    created: list[tuple[int, int]] = []  # (app, user id) of every 201
+    answers: list[tuple[float, int, int, float]] = []  # (when, app, status, seconds)
+    stop_writing = threading.Event()
+
+    def writer(app: int, number: int) -> None:
+        count = 0
+        while not stop_writing.is_set():
+            count += 1
+            body = {"username": f"w{app}-{number}-{count}", "email": "a@e.com"}
+            started = time.monotonic()
+            response = apps[app].post("/users/", json=body)
+            answers.append((started, app, response.status_code, time.monotonic() - started))
+            if response.status_code == 201:
+                created.append((app, response.json()["id"]))
+            time.sleep(0.01)
+
+    second = cluster.nodes[1]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for app in (0, 1):
+            for number in range(2):
+                pool.submit(writer, app, number)
+        time.sleep(2)
+        stopped_at = time.monotonic()
+        second.stop()  # a clean shutdown: the node leaves, the other keeps its quorum
+        down_for = time.monotonic() - stopped_at
+        time.sleep(3)
+        restarted_at = time.monotonic()
+        second.start()
+        rejoin = second.wait_synced(cluster_size=2)
+        recovered_at = None
+        while recovered_at is None and time.monotonic() - restarted_at < 60:
+            late = [a for a in answers if a[1] == 1 and a[0] > restarted_at + rejoin]
+            if any(status == 201 for _, _, status, _ in late):
+                recovered_at = min(when for when, _, status, _ in late if status == 201)
+            time.sleep(0.1)
+        time.sleep(1)
+        stop_writing.set()
+
+    outage = [a for a in answers if stopped_at + down_for < a[0] < restarted_at]
+    during = {app: Counter(status for _, a, status, _ in outage if a == app) for app in (0, 1)}
+    slowest_503 = max(seconds for _, a, status, seconds in outage if a == 1 and status == 503)
+    assert set(during[0]) <= {201}, during  # the other node's app never noticed
+    assert set(during[1]) == {503}, during  # this app said so, at once
+    assert slowest_503 < 10  # within DB_TIMEOUT
+    assert recovered_at is not None, "the app on the rejoined node never answered 201 again"
+    ids = sorted(user_id for _, user_id in created)
+    for engine in engines:
+        stored = {user_id for user_id, _ in rows(engine)}
+        assert set(ids) <= stored, f"{len(set(ids) - stored)} created users are missing"
+    print(
+        f"\nnode 2 stopped in {down_for:.1f} s; during the outage app 1 {dict(during[0])},"
+        f" app 2 {dict(during[1])} (slowest 503 {slowest_503 * 1000:.0f} ms); rejoined in"
+        f" {rejoin:.1f} s; app 2 answered 201 again {recovered_at - restarted_at:.1f} s after"
+        f" the restart; {len(ids)} users created (201), every one on both nodes"
+    )
+
+
+def test_two_apps_with_two_workers_each_start_together_on_an_empty_database(cluster, engines):
+    for _ in range(ROUNDS):
+        emptied(engines[0])
+        servers = [UvicornServer(cluster.url(node), workers=2) for node in cluster.nodes]
+        try:
+            for server in servers:
+                server.wait_started(timeout=60)
+            counts = [server.count("Application startup complete.") for server in servers]
+            failed = sum(server.count("Application startup failed.") for server in servers)
+            output = "\n".join(line for server in servers for line in server.lines)
+            assert counts == [2, 2] and failed == 0, output
+            with servers[1].client() as http:
+                response = http.post("/users/", json={"username": "ada", "email": "a@e.com"})
+            assert response.status_code == 201
+        finally:
+            for server in servers:
+                server.stop()
+    print(f"\n{ROUNDS} rounds: 2 apps x 2 workers, one app per node, all 4 workers started")
