@@ -154,7 +154,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     # At most DB_POOL_SIZE requests hold a session at once; the others wait here, on the event
     # loop, without a thread. So a session always finds a free connection, and no thread waits
     # for one while the request that holds it waits for a thread: no deadlock, whatever the
-    # route does. This is why a route must take its session from here (README: Sessions).
+    # route does. The one rule: a route takes its session from here (README: Where the SQL runs).
     turns: anyio.Semaphore = request.state.sessions
     with anyio.fail_after(WAIT):  # none free for that long: the database is stuck, answer 503
         await turns.acquire()
@@ -237,6 +237,7 @@ app = FastAPIOffline(
         {"name": "health", "description": "Probes for a load balancer: liveness and readiness"},
     ],
     lifespan=lifespan,
+    max_body_size=64 * 1024,  # a user is a few hundred bytes: a larger body is refused unread
 )
 
 
@@ -317,7 +318,7 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
     where = f"{request.method} {request.url.path}"
     if code == DEADLOCK and not request.scope.get("retried"):
         logger.warning("Database error on %s, running it again: %s", where, cause)
-        raise RetryRequest  # RetryOnDeadlock, below, catches it
+        raise RetryRequest  # RetryOnDeadlock, above, catches it
     if isinstance(exc, IntegrityError) and code in DUPLICATE | FOREIGN_KEY:
         # A rule of the schema that the route does not handle, such as a second unique column.
         answer, headers = (409, "Conflicts with existing data"), None

@@ -323,11 +323,19 @@ def new_file(path: str, text: str) -> str:
     return f"diff --git a/{path} b/{path}\nnew file mode 100644\n" + patch_for("", "", text, path)
 
 
+def solution_patch(name: str, source: str) -> str:
+    """The patch of exercise `name` against main.py's text `source`."""
+    edit = SOLUTIONS[name]
+    patch = patch_for(name, source, formatted(edit(source)), "main.py") if edit else ""
+    for path, text in NEW_FILES.get(name, {}).items():
+        patch += new_file(path, text)
+    return patch
+
+
 if __name__ == "__main__":
     source = (ROOT / "main.py").read_text()
-    for name, edit in SOLUTIONS.items():
-        patch = patch_for(name, source, formatted(edit(source)), "main.py") if edit else ""
-        for path, text in NEW_FILES.get(name, {}).items():
-            patch += new_file(path, text)
-        (ROOT / "exercises" / "solutions" / f"{name}.patch").write_text(patch)
+    for name in SOLUTIONS:
+        (ROOT / "exercises" / "solutions" / f"{name}.patch").write_text(
+            solution_patch(name, source)
+        )
         print(f"wrote exercises/solutions/{name}.patch")

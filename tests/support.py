@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
@@ -24,6 +25,18 @@ def copy_app(folder: Path) -> Path:
 
 
 IGNORED = shutil.ignore_patterns("__pycache__")
+
+
+def together(count: int, call) -> list[int]:
+    """Runs call(0) ... call(count - 1) in threads released at the same instant."""
+    start = threading.Barrier(count)
+
+    def run(number: int) -> int:
+        start.wait()
+        return call(number).status_code
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
 
 
 def free_port() -> int:

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from exercises.make_solutions import solution_patch
 from tests.support import ROOT, copy_app
 
 EXERCISES = sorted(path.stem for path in (ROOT / "exercises" / "solutions").glob("*.patch"))
-COPIED = ["conftest.py", "pyproject.toml", "tests/__init__.py", "tests/support.py"]
+COPIED = [
+    "conftest.py",
+    "pyproject.toml",
+    "tests/__init__.py",
+    "tests/support.py",
+    "tests/galera.py",
+]
 
 
 def app_copy(tmp_path: Path) -> Path:
@@ -37,6 +44,13 @@ def test_there_are_five_to_seven_exercises():
     assert 5 <= len(EXERCISES) <= 7
     for exercise in EXERCISES:
         assert (ROOT / "exercises" / "checks" / f"test_{exercise}.py").exists()
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_solution_patch_is_rebuilt_from_todays_main_py(exercise):
+    patch = (ROOT / "exercises" / "solutions" / f"{exercise}.patch").read_text()
+    expected = solution_patch(exercise, (ROOT / "main.py").read_text())
+    assert patch == expected, "main.py changed: run python exercises/make_solutions.py"
 
 
 @pytest.mark.parametrize("exercise", EXERCISES)

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from conftest import emptied
 from tests import galera
-from tests.support import UvicornServer
+from tests.support import UvicornServer, together
 
 ROUNDS = 5  # each race, this many times in a row
 
@@ -66,18 +66,6 @@ def apps(cluster, engines):
         client.close()
     for server in servers:
         server.stop()
-
-
-def together(count: int, call) -> list[int]:
-    """Runs call(0) ... call(count - 1) in threads released at the same instant."""
-    start = threading.Barrier(count)
-
-    def run(number: int) -> int:
-        start.wait()
-        return call(number).status_code
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
 
 
 def rows(engine, query: str = "SELECT id, username FROM users ORDER BY id") -> list[tuple]:

@@ -36,8 +36,15 @@ def test_generated_requests_get_documented_answers_and_no_5xx(client, case):
     case.call_and_validate(excluded_checks=[allow_header_conformance])
 
 
-def test_one_megabyte_username_returns_422(client, rows):
+def test_one_megabyte_username_is_refused_unread_with_413(client, rows):
     response = client.post("/users/", json={"username": "a" * 1_000_000, "email": "a@example.com"})
+    assert response.status_code == 413
+    assert response.text == "Content Too Large"
+    assert rows() == []
+
+
+def test_a_username_just_too_long_in_a_small_body_returns_422(client, rows):
+    response = client.post("/users/", json={"username": "a" * 51, "email": "a@example.com"})
     assert response.status_code == 422
     assert rows() == []
 

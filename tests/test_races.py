@@ -1,8 +1,6 @@
 """Concurrent requests against a real uvicorn server: the database, not luck, keeps order."""
 
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
@@ -10,7 +8,7 @@ from sqlalchemy import func, select
 
 from conftest import make_engine, url_of
 from main import UserTable
-from tests.support import TcpProxy, UvicornServer
+from tests.support import TcpProxy, UvicornServer, together
 
 LATENCY = 0.002  # seconds added to every packet each way: widens every window a race needs
 
@@ -29,18 +27,6 @@ def live(request, tmp_path):
     if proxy:
         proxy.close()
     engine.dispose()
-
-
-def together(count: int, call) -> list[int]:
-    """Runs call(0) ... call(count - 1) in threads released at the same instant."""
-    start = threading.Barrier(count)
-
-    def run(number: int) -> int:
-        start.wait()
-        return call(number).status_code
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
 
 
 def count_rows(engine, username: str | None = None) -> int:
