@@ -298,15 +298,18 @@ class RetryOnDeadlock:
         while body[-1].get("more_body"):
             body.append(await receive())
 
-        async def replay() -> dict:
-            return unread.pop(0) if unread else await receive()
-
-        unread = list(body)
-        try:
-            await self.app(scope, replay, send)
-        except RetryRequest:
+        def replay() -> Receive:  # the kept body, then what the client sends next
             unread = list(body)
-            await self.app({**scope, "retried": True}, replay, send)
+
+            async def receive_again() -> dict:
+                return unread.pop(0) if unread else await receive()
+
+            return receive_again
+
+        try:
+            await self.app(scope, replay(), send)
+        except RetryRequest:
+            await self.app({**scope, "retried": True}, replay(), send)
 
 
 app.add_middleware(RetryOnDeadlock)
