@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, MetaData, create_engine, select
+from sqlalchemy import Engine, MetaData, create_engine, event, select
 from sqlalchemy.orm import Session
 
 import main
@@ -19,8 +19,10 @@ POOL_AS_IN_MAIN = {"pool_reset_on_return": None}  # main.db_engine's: no ROLLBAC
 
 def make_engine(backend: str, tmp_path) -> Engine:
     """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
-    if backend == "sqlite":  # a new file: empty
-        return create_engine(f"sqlite:///{tmp_path}/test.db", **POOL_AS_IN_MAIN)
+    if backend == "sqlite":  # a new file: empty, with foreign keys on, as main.db_engine has
+        test_engine = create_engine(f"sqlite:///{tmp_path}/test.db", **POOL_AS_IN_MAIN)
+        event.listen(test_engine, "connect", main.enforce_foreign_keys)
+        return test_engine
     if not MYSQL_URL:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")

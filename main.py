@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import (
-    Engine,
     MetaData,
     String,
     create_engine,
@@ -79,9 +78,10 @@ db_engine = create_engine(
 )
 
 
-@event.listens_for(Engine, "connect")
+@event.listens_for(db_engine, "connect")
 def enforce_foreign_keys(dbapi_connection: object, connection_record: object) -> None:
-    # SQLite ignores FOREIGN KEY clauses unless each new connection turns them on.
+    # SQLite ignores FOREIGN KEY clauses unless each new connection turns them on. Only the
+    # app's own connections: Alembic's batch migrations need them off (migrations/env.py).
     if isinstance(dbapi_connection, sqlite3.Connection):
         dbapi_connection.execute("PRAGMA foreign_keys = ON")
 

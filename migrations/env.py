@@ -34,9 +34,20 @@ def run_migrations_online() -> None:
         main.settings.database_url, poolclass=pool.NullPool
     )
     with engine.connect() as connection:
+        # A batch migration on SQLite copies a table, then drops the old one. With foreign keys
+        # on, that DROP deletes (ON DELETE CASCADE) the rows that reference it: Alembic's batch
+        # documentation says to run with them off. They are back on afterwards.
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            foreign_keys = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
+            connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+            connection.commit()  # a PRAGMA is ignored inside a transaction: none is open now
         context.configure(connection=connection, **OPTIONS)
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            connection.exec_driver_sql(f"PRAGMA foreign_keys = {foreign_keys}")
+            connection.commit()
 
 
 if context.is_offline_mode():

@@ -5,6 +5,7 @@ every revision upgrades, the migrated schema equals the models, up and down agre
 downgrade leaves the schema its previous revision had, and the ways create_all (section 5.1)
 and Alembic meet, which must never fight."""
 
+import os
 import subprocess
 import sys
 
@@ -22,7 +23,8 @@ from pytest_alembic.tests import (  # noqa: F401 (collected by pytest from here)
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 
 import main
-from tests.support import ROOT, copy_app
+from conftest import url_of
+from tests.support import ROOT, UvicornServer, copy_app
 
 HEAD = ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
 
@@ -152,3 +154,71 @@ def test_alembic_check_fails_when_a_model_changes_without_a_migration(tmp_path):
     )
     assert result.returncode != 0
     assert "add_column" in result.stderr and "nickname" in result.stderr
+
+
+# An ordinary revision that SQLite can only run by copying the table (batch mode).
+WIDEN_EMAIL = '''"""users: a longer email"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.alter_column("email", existing_type=sa.String(120), type_=sa.String(200))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.alter_column("email", existing_type=sa.String(200), type_=sa.String(120))
+'''
+
+
+def test_a_batch_migration_of_users_keeps_the_rows_that_reference_them(engine, tmp_path):
+    # Exercise 3's posts reference users with ON DELETE CASCADE. On SQLite the batch copy drops
+    # the old users table, which deletes every post if foreign keys are on, as Alembic warns.
+    copy_app(tmp_path)
+    patch = ROOT / "exercises" / "solutions" / "03_posts.patch"
+    subprocess.run(["git", "apply", str(patch)], cwd=tmp_path, check=True, capture_output=True)
+    server = UvicornServer(url_of(engine), cwd=tmp_path)
+    with server.wait_started(), server.client() as http:
+        user = http.post("/users/", json={"username": "ada", "email": "a@e.com"}).json()
+        for number in range(3):
+            post = {"title": f"post {number}", "body": "text"}
+            assert http.post(f"/users/{user['id']}/posts", json=post).status_code == 201
+    (tmp_path / "migrations" / "versions" / "2026_12_01_0002_widen_email.py").write_text(
+        WIDEN_EMAIL
+    )
+    env = {**os.environ, "DATABASE_URL": url_of(engine)}
+    upgrade = [sys.executable, "-m", "alembic", "upgrade", "head"]
+    subprocess.run(upgrade, cwd=tmp_path, env=env, check=True, capture_output=True)
+    with engine.connect() as connection:
+        counts = [connection.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in TABLES]
+        [email] = [c for c in inspect(engine).get_columns("users") if c["name"] == "email"]
+    print(f"\n{engine.dialect.name}: after the batch migration, users and posts: {counts}")
+    assert counts == [1, 3]
+    assert email["type"].length == 200
+
+
+TABLES = ("users", "posts")
+
+
+def test_the_foreign_key_pragma_is_on_for_the_apps_engine_only(tmp_path):
+    probe = (
+        "import main, sqlalchemy\n"
+        "def pragma(engine):\n"
+        "    with engine.connect() as connection:\n"
+        "        return connection.exec_driver_sql('PRAGMA foreign_keys').scalar()\n"
+        "other = sqlalchemy.create_engine('sqlite:///' + 'other.db')\n"
+        "print(pragma(main.db_engine), pragma(other))\n"
+    )
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/app.db", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["1", "0"], result.stderr
