@@ -399,7 +399,7 @@ def read_users(
     request: Request,
     response: Response,
     after_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-    skip: Annotated[int | None, Query(ge=0)] = None,
+    skip: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,  # no table has more rows
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> list[UserTable]:
     """List users in id order (the order they were created), `limit` (at most 100) at a time.
@@ -420,10 +420,9 @@ def read_users(
     users = list(session.scalars(query))
     if len(users) > limit:
         users.pop()
-        next_page = request.url.remove_query_params("skip").include_query_params(
-            after_id=users[-1].id
-        )
-        response.headers["Link"] = f'<{next_page}>; rel="next"'
+        # A relative link (RFC 8288): never built from the Host header, which the client chose.
+        query = request.url.remove_query_params("skip").include_query_params(after_id=users[-1].id)
+        response.headers["Link"] = f'<{request.url.path}?{query.query}>; rel="next"'
     return users
 
 

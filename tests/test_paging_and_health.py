@@ -81,6 +81,20 @@ def test_skip_and_after_id_together_are_a_422(client):
     assert problem["loc"] == ["query", "after_id"]
 
 
+def test_a_skip_beyond_any_table_is_a_422_on_both_backends(client):
+    # ids are 32-bit: no table holds more rows than that, and MySQL's and SQLite's OFFSET
+    # overflow at 2**64 and 2**63.
+    assert client.get("/users/", params={"skip": 2**31 - 1}).json() == []
+    for value in [2**31, 2**63, 2**64 + 5, 3343204334847826912608256]:
+        assert client.get("/users/", params={"skip": value}).status_code == 422, value
+
+
+def test_the_link_header_is_relative_and_ignores_the_host_header(client):
+    ids = [create(client, number) for number in range(2)]
+    response = client.get("/users/?limit=1", headers={"Host": "evil.example"})
+    assert response.headers["link"] == f'</users/?limit=1&after_id={ids[0]}>; rel="next"'
+
+
 def test_bad_after_id_is_a_422(client):
     for value in ["-1", "abc", "1.5", str(2**31)]:
         assert client.get("/users/", params={"after_id": value}).status_code == 422, value
