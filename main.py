@@ -156,9 +156,14 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     # for one while the request that holds it waits for a thread: no deadlock, whatever the
     # route does. The one rule: a route takes its session from here (README: Where the SQL runs).
     turns: anyio.Semaphore = request.state.sessions
-    with anyio.fail_after(WAIT):  # none free for that long: the database is stuck, answer 503
-        await turns.acquire()
+    try:
+        with anyio.fail_after(WAIT):
+            await turns.acquire()
+    except TimeoutError:  # none free for that long: the database is stuck
+        logger.error("%s %s answered 503: no free connection within %g s", *where(request), WAIT)
+        raise HTTPException(503, "Database unavailable", headers={"Retry-After": "5"}) from None
     session = Session(db_engine, expire_on_commit=False)  # what we wrote stays readable
+    watch_commits(session, request)
     try:
         yield session
     finally:
@@ -260,7 +265,7 @@ def errors(*codes: int) -> dict:
 UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, "SQLITE_CANTOPEN"}  # cannot reach it
 DEADLOCK = 1213  # also, on a Galera cluster, a write that lost to another node's
 BUSY = {DEADLOCK, 1205, "SQLITE_BUSY"}  # a deadlock, or a lock held too long: try again
-DUPLICATE = {1062, "SQLITE_CONSTRAINT_UNIQUE"}
+DUPLICATE = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 FOREIGN_KEY = {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}
 
 
@@ -268,7 +273,7 @@ def driver_error(exc: Exception) -> tuple[object, str]:
     """The driver's error code and message: what decides the answer, and what the log shows
     (SQLAlchemy's own message would add the SQL statement)."""
     error = getattr(exc, "orig", None)
-    if error is None:  # the pool or get_session found no free connection in time
+    if error is None:  # the pool found no free connection in time
         return None, f"{type(exc).__name__}: no free connection within {WAIT:g} s"
     code = getattr(error, "sqlite_errorname", None) or error.args[0]  # SQLite's, or MySQL's
     return code, f"{type(error).__name__} ({code}) {error.args[-1]}"
@@ -283,10 +288,21 @@ class RetryRequest(Exception):
     """The database broke a deadlock by rolling this request's transaction back."""
 
 
+def watch_commits(session: Session, request: Request) -> None:
+    """Notes on the request whether its session committed: after that, it never runs again."""
+    request.state.committed = False
+
+    def committed(session: Session) -> None:
+        request.state.committed = True
+
+    event.listen(session, "after_commit", committed)
+
+
 class RetryOnDeadlock:
-    """Runs a request once more, from the start, after a deadlock. The first run wrote nothing
-    (the database rolled it back), and the second meets the rows the winner wrote: a racing
-    create of a taken username then gets its 409 (README: Reliability)."""
+    """Runs a request once more, from the start, after a deadlock, if its session had not
+    committed: the database rolled back all it wrote, and the second run meets the rows the
+    winner wrote, so a racing create of a taken username gets its 409 (README: Reliability).
+    The body is kept as the route reads it, within the route's own size limit."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -294,37 +310,42 @@ class RetryOnDeadlock:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        body = [await receive()]  # kept, to send the request again
-        while body[-1].get("more_body"):
-            body.append(await receive())
+        kept: list[dict] = []
 
-        def replay() -> Receive:  # the kept body, then what the client sends next
-            unread = list(body)
-
-            async def receive_again() -> dict:
-                return unread.pop(0) if unread else await receive()
-
-            return receive_again
+        async def receive_and_keep() -> dict:
+            kept.append(await receive())
+            return kept[-1]
 
         try:
-            await self.app(scope, replay(), send)
+            await self.app(scope, receive_and_keep, send)
         except RetryRequest:
-            await self.app({**scope, "retried": True}, replay(), send)
+            unread = iter(kept)
+
+            async def receive_again() -> dict:  # the kept body, then what comes next
+                return next(unread, None) or await receive()
+
+            await self.app({**scope, "retried": True}, receive_again, send)
 
 
 app.add_middleware(RetryOnDeadlock)
 
 
+def where(request: Request) -> tuple[str, str]:
+    return request.method, request.url.path
+
+
 @app.exception_handler(DBAPIError)
 @app.exception_handler(PoolTimeoutError)
-@app.exception_handler(TimeoutError)
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
     code, cause = driver_error(exc)
-    where = f"{request.method} {request.url.path}"
-    if code == DEADLOCK and not request.scope.get("retried"):
-        logger.warning("Database error on %s, running it again: %s", where, cause)
+    committed = getattr(request.state, "committed", True)  # no session from get_session: as if
+    if code == DEADLOCK and not committed and not request.scope.get("retried"):
+        logger.warning("Database error on %s %s, running it again: %s", *where(request), cause)
         raise RetryRequest  # RetryOnDeadlock, above, catches it
-    if isinstance(exc, IntegrityError) and code in DUPLICATE | FOREIGN_KEY:
+    if code == DEADLOCK and committed:  # a second run would write the committed part again
+        answer, headers = (500, "Internal Server Error"), None
+        cause += "; not run again: the request had committed already"
+    elif isinstance(exc, IntegrityError) and code in DUPLICATE | FOREIGN_KEY:
         # A rule of the schema that the route does not handle, such as a second unique column.
         answer, headers = (409, "Conflicts with existing data"), None
     elif code in BUSY:  # the same request, sent again, is likely to succeed
@@ -333,7 +354,7 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
         answer, headers = (503, "Database unavailable"), {"Retry-After": "5"}
     else:  # the model and the schema disagree, or a bug: a 500, and the cause in the log
         answer, headers = (500, "Internal Server Error"), None
-    logger.error("Database error on %s, answered %s %s: %s", where, *answer, cause)
+    logger.error("Database error on %s %s, answered %s %s: %s", *where(request), *answer, cause)
     return JSONResponse({"detail": answer[1]}, answer[0], headers=headers)
 
 
