@@ -262,7 +262,9 @@ def errors(*codes: int) -> dict:
 
 
 # --- Database errors: an honest answer for each, and the real cause in the log ---------------
-UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, "SQLITE_CANTOPEN"}  # cannot reach it
+# Cannot reach it, or it takes no work: refused, gone, lost, too many connections, shutting
+# down; a Galera node outside the Primary Component (1047, and 1180 at COMMIT).
+UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
 DEADLOCK = 1213  # also, on a Galera cluster, a write that lost to another node's
 BUSY = {DEADLOCK, 1205, "SQLITE_BUSY"}  # a deadlock, or a lock held too long: try again
 DUPLICATE = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}

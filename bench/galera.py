@@ -1,6 +1,6 @@
 """Throughput on a two-node Galera cluster: one app on one node, against one app on each node.
 
-    python bench/galera.py            # needs galera-4 and rsync (apt-get install galera-4 rsync)
+    python bench/galera.py    # needs galera-4, galera-arbitrator-4 and rsync (apt-get install)
 
 Starts the tests' cluster (tests/galera.py) on its own ports and folders, then, round by round,
 drives POST /users/ and GET /users/{id} with wrk at 32 connections in all: 32 to the app on

@@ -1,4 +1,9 @@
-"""A two-node MariaDB Galera cluster on this machine, for the tests: Debian's galera-4 and rsync.
+"""A MariaDB Galera cluster on this machine, for the tests: two nodes from Debian's galera-4 and
+rsync, and the arbitrator garbd (galera-arbitrator-4) as a third voting member.
+
+Three votes are what lets the cluster survive a crash: the members that remain keep the
+Primary Component only while they are a majority of the last one, and one of two is not. The
+arbitrator votes and relays, but stores no data, so it costs almost nothing.
 
 Each node has its own folder (data, socket, log, config) and its own loopback ports for
 MySQL, group communication, incremental state transfer (IST) and rsync state transfer (SST).
@@ -19,7 +24,13 @@ PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
 MARIADB = shutil.which("mariadb") or "/usr/bin/mariadb"
-MISSING = "Galera cases skipped: install galera-4 and rsync (apt-get install galera-4 rsync)"
+GARBD = shutil.which("garbd") or "/usr/bin/garbd"
+MISSING = (
+    "Galera cases skipped: install galera-4, galera-arbitrator-4 and rsync"
+    " (apt-get install galera-4 galera-arbitrator-4 rsync)"
+)
+GROUP = "reference-app-tests"
+MEMBERS = 3  # two nodes and the arbitrator
 
 CONFIG = """[mariadbd]
 datadir = {folder}/data
@@ -37,7 +48,7 @@ default_storage_engine = InnoDB
 innodb_autoinc_lock_mode = 2
 wsrep_on = ON
 wsrep_provider = {provider}
-wsrep_cluster_name = reference-app-tests
+wsrep_cluster_name = {group}
 wsrep_cluster_address = gcomm://{peers}
 wsrep_node_name = node{number}
 wsrep_node_address = 127.0.0.1
@@ -48,7 +59,8 @@ wsrep_sst_receive_address = 127.0.0.1:{sst}
 
 
 def available() -> bool:
-    return PROVIDER.exists() and shutil.which("rsync") is not None and Path(MARIADBD).exists()
+    tools = (PROVIDER, Path(MARIADBD), Path(GARBD))
+    return all(tool.exists() for tool in tools) and shutil.which("rsync") is not None
 
 
 class Node:
@@ -66,6 +78,7 @@ class Node:
                 port=self.port,
                 provider=PROVIDER,
                 peers=peers,
+                group=GROUP,
                 number=self.number,
                 gcomm=self.gcomm,
                 ist=self.ist,
@@ -89,6 +102,12 @@ class Node:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=60)
+        self.process = None
+
+    def kill(self) -> None:
+        """A crash (SIGKILL): the others learn of it only when it stops answering."""
+        self.process.kill()
+        self.process.wait()
         self.process = None
 
     def sql(self, statements: str) -> str:
@@ -118,16 +137,44 @@ class Node:
         return "\n".join(log.read_text().splitlines()[-30:]) if log.exists() else "(no log)"
 
 
+class Arbitrator:
+    """garbd: a voting member of the group that keeps no data."""
+
+    def __init__(self, folder: Path):
+        self.log = folder / "garbd.log"
+        self.gcomm = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self, peers: str) -> None:
+        command = [GARBD, "--group", GROUP, "--address", f"gcomm://{peers}", "--log", self.log]
+        command += ["--options", f"gmcast.listen_addr=tcp://127.0.0.1:{self.gcomm}"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+
 class GaleraCluster:
-    """Two nodes: node1 bootstraps the cluster, node2 joins it by state transfer (rsync)."""
+    """node1 bootstraps the cluster, node2 joins it by state transfer (rsync), garbd votes."""
 
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="galera-"))
         shutil.chown(self.folder, "mysql", "mysql")
         self.nodes = [Node(self.folder / f"node{number}", number) for number in (1, 2)]
-        peers = ",".join(f"127.0.0.1:{node.gcomm}" for node in self.nodes)
+        self.arbitrator = Arbitrator(self.folder)
+        self.peers = ",".join(f"127.0.0.1:{node.gcomm}" for node in self.nodes)
         for node in self.nodes:
-            node.configure(peers)
+            node.configure(self.peers)
 
     def start(self) -> "GaleraCluster":
         first, second = self.nodes
@@ -138,12 +185,31 @@ class GaleraCluster:
         first.sql((ROOT / "scripts" / "mysql-setup.sql").read_text())
         second.start()
         second.wait_synced(cluster_size=2)
+        self.arbitrator.start(self.peers)
+        first.wait_synced(cluster_size=MEMBERS)
         return self
+
+    def restore(self) -> float:
+        """After crashes: seconds until every member is back, Synced, in one Primary Component.
+        A node left alone without a majority (non-Primary) is told to form one by itself."""
+        started = time.monotonic()
+        first, second = self.nodes
+        if first.status("wsrep_cluster_status") != "Primary":
+            first.sql("SET GLOBAL wsrep_provider_options = 'pc.bootstrap = YES'")
+            first.wait_synced(cluster_size=1 + (second.process is not None))
+        if self.arbitrator.process is None:
+            self.arbitrator.start(self.peers)
+        if second.process is None:
+            second.start()
+        for node in self.nodes:
+            node.wait_synced(cluster_size=MEMBERS)
+        return time.monotonic() - started
 
     def url(self, node: Node, database: str = "tutorial_test") -> str:
         return f"mysql+pymysql://tutorial:tutorial-pass@127.0.0.1:{node.port}/{database}"
 
     def stop(self) -> None:
+        self.arbitrator.stop()
         for node in reversed(self.nodes):
             node.stop()
         shutil.rmtree(self.folder, ignore_errors=True)

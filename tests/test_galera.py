@@ -1,9 +1,11 @@
-"""The app on a real multi-primary cluster: MariaDB Galera, two nodes, one app per node (issue 15).
+"""The app on a real multi-primary cluster: MariaDB Galera, two nodes and an arbitrator, one app
+per node (issues 15 and 18).
 
 The cluster (tests/galera.py) starts once for this file, on its own ports and folders. Each
 test empties its database, then talks to `uvicorn main:app` on node 1 and on node 2."""
 
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -28,7 +30,7 @@ def cluster():
         pytest.skip(galera.MISSING)
     started = time.monotonic()
     cluster = galera.GaleraCluster().start()
-    print(f"\nGalera cluster of 2 nodes up in {time.monotonic() - started:.1f} s")
+    print(f"\nGalera cluster of 2 nodes and garbd up in {time.monotonic() - started:.1f} s")
     yield cluster
     cluster.stop()
 
@@ -54,6 +56,14 @@ class Apps(list):
 
     def reruns(self) -> int:
         return sum(server.count("running it again") for server in self.servers)
+
+    def causes(self, app: int) -> Counter:
+        """The database errors one app answered, by answer and driver error code, from its log."""
+        found = (
+            re.search(r"answered (\d+) .*?: (\w+ \(\w+\))", line)
+            for line in self.servers[app].lines
+        )
+        return Counter(" ".join(match.groups()) for match in found if match)
 
 
 @pytest.fixture
@@ -182,7 +192,7 @@ def test_a_node_stops_and_rejoins_under_load_and_no_201_is_lost(cluster, apps, e
         time.sleep(3)
         restarted_at = time.monotonic()
         second.start()
-        rejoin = second.wait_synced(cluster_size=2)
+        rejoin = second.wait_synced(cluster_size=galera.MEMBERS)
         recovered_at = None
         while recovered_at is None and time.monotonic() - restarted_at < 60:
             late = [a for a in answers if a[1] == 1 and a[0] > restarted_at + rejoin]
@@ -229,3 +239,107 @@ def test_two_apps_with_two_workers_each_start_together_on_an_empty_database(clus
             for server in servers:
                 server.stop()
     print(f"\n{ROUNDS} rounds: 2 apps x 2 workers, one app per node, all 4 workers started")
+
+
+# --- A crash, then the loss of quorum (issue 18). These kill members: they come last, and each
+# leaves the cluster whole again.
+# leaves the cluster whole again.
+class Writers:
+    """Clients that create users through one app, one request after another, until stopped."""
+
+    def __init__(self, app: httpx2.Client, clients: int):
+        self.app = app
+        self.created: list[int] = []  # the id of every 201
+        self.answers: list[tuple[float, object]] = []  # (when answered, status or "timeout")
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=clients)
+        for number in range(clients):
+            self.pool.submit(self.write, number)
+
+    def write(self, number: int) -> None:
+        count = 0
+        while not self.stopping.is_set():
+            count += 1
+            body = {"username": f"w{number}-{count}-{time.monotonic()}", "email": "a@e.com"}
+            try:
+                response = self.app.post("/users/", json=body)
+            except httpx2.TimeoutException:
+                self.answers.append((time.monotonic(), "timeout"))
+                continue
+            self.answers.append((time.monotonic(), response.status_code))
+            if response.status_code == 201:
+                self.created.append(response.json()["id"])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.pool.shutdown()
+
+    def since(self, moment: float) -> Counter:
+        return Counter(status for when, status in self.answers if when >= moment)
+
+
+def test_a_node_crash_under_load_costs_a_few_503s_and_no_acknowledged_write(cluster, apps, engines):
+    writers = Writers(apps[0], clients=8)
+    time.sleep(3)
+    killed_at = time.monotonic()
+    cluster.nodes[1].kill()  # SIGKILL: node 2 vanishes without a word
+    time.sleep(20)
+    writers.stop()
+    after, late = writers.since(killed_at), writers.since(killed_at + 15)
+    failures = [when - killed_at for when, status in writers.answers if status != 201]
+    last_failure = max(failures, default=0.0)
+    missing = set(writers.created) - {user_id for user_id, _ in rows(engines[0])}
+    rejoined = cluster.restore()
+    print(
+        f"\nnode 2 SIGKILLed under 8 writers on app 1: answered after the kill {dict(after)},"
+        f" the last failure {last_failure:.1f} s after it; {len(writers.created)} acknowledged"
+        f" writes, {len(missing)} missing on node 1; node 2 restarted and Synced in"
+        f" {rejoined:.1f} s; app 1's log: {dict(apps.causes(0))}"
+    )
+    assert set(after) <= {201, 503}, after
+    assert set(late) == {201}, late
+    assert not missing
+    assert set(writers.created) <= {user_id for user_id, _ in rows(engines[1])}  # caught up
+
+
+def test_without_quorum_every_database_route_and_readyz_answer_503(cluster, apps, engines):
+    user_id = apps[0].post("/users/", json={"username": "ada", "email": "a@e.com"}).json()["id"]
+    first = cluster.nodes[0]
+    writers = Writers(apps[0], clients=2)  # writes in flight as the quorum goes
+    time.sleep(1)
+    cluster.nodes[1].kill()
+    cluster.arbitrator.kill()  # node 1 is now one of three: no majority
+    lost_at = time.monotonic()
+    while first.status("wsrep_cluster_status") != "non-Primary":
+        assert time.monotonic() - lost_at < 60, "node 1 never noticed"
+        time.sleep(0.2)
+    noticed = time.monotonic() - lost_at
+    time.sleep(1)
+    writers.stop()
+    calls = {
+        "POST /users/": lambda: apps[0].post(
+            "/users/", json={"username": "bo", "email": "b@e.com"}
+        ),
+        "GET /users/": lambda: apps[0].get("/users/"),
+        "GET /users/{id}": lambda: apps[0].get(f"/users/{user_id}"),
+        "PATCH /users/{id}": lambda: apps[0].patch(f"/users/{user_id}", json={"email": "c@e.com"}),
+        "DELETE /users/{id}": lambda: apps[0].delete(f"/users/{user_id}"),
+        "GET /readyz": lambda: apps[0].get("/readyz"),
+    }
+    answers = {name: call() for name, call in calls.items()}
+    live = apps[0].get("/livez")
+    restored = cluster.restore()
+    after = apps[0].get(f"/users/{user_id}")
+    print(
+        f"\nquorum lost: node 1 non-Primary after {noticed:.1f} s;"
+        f" { ({name: r.status_code for name, r in answers.items()}) }; /livez {live.status_code};"
+        f" the writers meanwhile {dict(writers.since(lost_at))}; whole again after"
+        f" {restored:.1f} s, then GET {after.status_code}; app 1's log: {dict(apps.causes(0))}"
+    )
+    for name, response in answers.items():
+        assert response.status_code == 503, (name, response.text)
+        assert response.headers["Retry-After"], name
+    assert answers["GET /users/"].json() == {"detail": "Database unavailable"}
+    assert live.status_code == 200
+    assert set(writers.since(lost_at)) <= {201, 503}
+    assert after.status_code == 200
