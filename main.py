@@ -1,8 +1,7 @@
-"""The reference app: FastAPI + SQLAlchemy + MySQL, in the tutorial's order. See README.md."""
+"""FastAPI + SQLAlchemy + MySQL: part 1 the tutorial, part 2 more CRUD, part 3 a real service."""
 
 import logging
 import pathlib
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -15,32 +14,23 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import (
-    MetaData,
-    String,
-    create_engine,
-    delete,
-    event,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import Engine, MetaData, String, create_engine, delete, event, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Receive, Scope, Send
+from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
 
-# uvicorn prints its own logger's INFO lines; a logger of our own would stay silent.
-logger = logging.getLogger("uvicorn.error")
+logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
 
 
-# --- Settings: from the environment, else from a .env file (see .env.example) --------------
-class Settings(BaseSettings):
+# === Part 1: the tutorial ===================================================================
+# --- Section 3: the database URL, the engine and the model ----------------------------------
+class Settings(BaseSettings):  # from the environment, else from a .env file (.env.example)
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///./app.db"  # no MySQL needed to start: an SQLite file
     sql_echo: bool = False  # true: log every SQL statement the app sends
@@ -49,45 +39,25 @@ class Settings(BaseSettings):
 
 
 settings = Settings()
-IS_SQLITE = settings.database_url.startswith("sqlite")
-MIGRATIONS = ScriptDirectory(str(pathlib.Path(__file__).with_name("migrations")))
-
-
-# --- Section 3: the engine and the model ----------------------------------------------------
-# A stalled server must not hang requests (PyMySQL waits forever by default): each wait gets
-# half of DB_TIMEOUT, as a request may wait twice, for a failed ping, then a new connection.
+# A stuck server must not hang requests (PyMySQL waits forever by default). Each wait gets half
+# of DB_TIMEOUT: a request may wait twice, for a dead connection's ping, then for a new one.
 WAIT = settings.db_timeout / 2
-if IS_SQLITE:  # a file: how long to wait while another connection writes
-    options: dict = {"connect_args": {"timeout": WAIT}}
-else:  # a server: one connection per session that get_session lets in, kept open
-    options = {"pool_size": settings.db_pool_size, "max_overflow": 0, "pool_timeout": WAIT}
-    timeouts = ["connect_timeout", "read_timeout", "write_timeout"]
-    options["connect_args"] = dict.fromkeys(timeouts, WAIT)
+limits: dict = {"connect_args": {"timeout": WAIT}}  # an SQLite file: wait for another writer
+if not settings.database_url.startswith("sqlite"):  # a server: DB_POOL_SIZE open connections
+    limits = {"pool_size": settings.db_pool_size, "max_overflow": 0, "pool_timeout": WAIT}
+    waits = ["connect_timeout", "read_timeout", "write_timeout"]
+    limits["connect_args"] = dict.fromkeys(waits, WAIT)
 
 db_engine = create_engine(
     settings.database_url,
     echo=settings.sql_echo,
-    # Servers restart and networks drop connections: a ping before each use replaces a dead
-    # connection instead of failing the request with it.
-    pool_pre_ping=True,
-    # MySQL closes a connection idle for wait_timeout (8 hours by default): renew ours sooner.
-    pool_recycle=3600,
-    # A Session always ends its transaction itself: a second ROLLBACK on return is a wasted trip.
-    pool_reset_on_return=None,
-    **options,
+    pool_pre_ping=True,  # a server restarts, a network drops: replace a dead connection first
+    pool_recycle=3600,  # MySQL closes a connection idle for 8 hours: renew ours sooner
+    pool_reset_on_return=None,  # a Session ends its own transaction: no second ROLLBACK
+    **limits,
 )
 
-
-@event.listens_for(db_engine, "connect")
-def enforce_foreign_keys(dbapi_connection: object, connection_record: object) -> None:
-    # SQLite ignores FOREIGN KEY clauses unless each new connection turns them on. Only the
-    # app's own connections: Alembic's batch migrations need them off (migrations/env.py).
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        dbapi_connection.execute("PRAGMA foreign_keys = ON")
-
-
-# Alembic's naming convention: every constraint and index gets the same name on every database,
-# so that a migration can name the one it changes (README: Changing the schema).
+# Alembic's naming convention: one name per constraint on every database, for migrations.
 NAMES = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -100,8 +70,7 @@ BaseModelClass = declarative_base(metadata=MetaData(naming_convention=NAMES))
 
 class UserTable(BaseModelClass):
     __tablename__ = "users"
-    # utf8mb4 stores any Unicode text, emoji too. The binary collation compares usernames
-    # exactly, as SQLite does; MySQL's default ones say "Alice" = "alice" and "José" = "Jose".
+    # utf8mb4: any Unicode, emoji too. utf8mb4_bin: exact, as SQLite (MySQL's default: "A" = "a").
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
     # A primary key and a UNIQUE column are indexed already: index=True would add a duplicate.
@@ -110,36 +79,16 @@ class UserTable(BaseModelClass):
     email: Mapped[str] = mapped_column(String(120))
 
 
-# --- Section 4.1: Pydantic models validate what clients send --------------------------------
-# No whitespace at either end, no control characters: a pattern also shows in /docs.
-NO_STRAY_CHARACTERS = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
-# The examples pre-fill "Try it out" in /docs with a user that is valid as it stands.
-Username = Annotated[
-    str, Field(min_length=1, max_length=50, pattern=NO_STRAY_CHARACTERS, examples=["ada"])
-]
+# --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
+# No whitespace at either end, no control characters; the examples pre-fill "Try it out".
+NO_STRAY = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+Username = Annotated[str, Field(min_length=1, max_length=50, pattern=NO_STRAY, examples=["ada"])]
 Email = Annotated[EmailStr, Field(max_length=120, examples=["ada@example.com"])]
 
 
 class UserInput(BaseModel):
     username: Username
     email: Email
-
-
-class UserPatch(BaseModel):
-    # Leave a field out to keep it; null is refused (the columns are NOT NULL) and not documented.
-    username: Username | SkipJsonSchema[None] = None
-    email: Email | SkipJsonSchema[None] = None
-
-    @field_validator("username", "email")
-    @classmethod
-    def not_null(cls, value: str | None) -> str:
-        if value is None:
-            raise ValueError("may be left out, but not null")
-        return value
-
-
-class Message(BaseModel):
-    detail: str
 
 
 class UserOutput(BaseModel):
@@ -149,103 +98,8 @@ class UserOutput(BaseModel):
     email: str
 
 
-# --- Section 4.2: one Session per request, always closed ------------------------------------
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    # At most DB_POOL_SIZE requests hold a session at once; the others wait here, on the event
-    # loop, without a thread. So a session always finds a free connection, and no thread waits
-    # for one while the request that holds it waits for a thread: no deadlock, whatever the
-    # route does. The one rule: a route takes its session from here (README: Where the SQL runs).
-    turns: anyio.Semaphore = request.state.sessions
-    try:
-        with anyio.fail_after(WAIT):
-            await turns.acquire()
-    except TimeoutError:  # none free for that long: the database is stuck
-        logger.error("%s %s answered 503: no free connection within %g s", *where(request), WAIT)
-        raise HTTPException(503, "Database unavailable", headers={"Retry-After": "5"}) from None
-    session = Session(db_engine, expire_on_commit=False)  # what we wrote stays readable
-    watch_commits(session, request)
-    try:
-        yield session
-    finally:
-        try:
-            if session.in_transaction():  # ending it sends a ROLLBACK: not on the event loop
-                await run_in_threadpool(session.close)
-            else:  # committed, or never used: nothing to send
-                session.close()
-        except DBAPIError as error:  # the connection died: the server rolls back by itself
-            logger.warning("Closing a session: %s", driver_error(error)[1])
-        finally:
-            turns.release()
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
-
-
-# --- Section 5: the application -------------------------------------------------------------
-def create_tables() -> None:
-    """Section 5.1 for a first run; a database that Alembic manages is left to Alembic."""
-    database = inspect(db_engine)
-    if database.has_table("alembic_version"):
-        return  # `alembic upgrade head` changes this database: create_all must not
-    new = not database.get_table_names()
-    BaseModelClass.metadata.create_all(db_engine)
-    if new:  # made from today's models, which Alembic's newest revision describes: say so
-        with db_engine.begin() as connection:
-            MigrationContext.configure(connection).stamp(MIGRATIONS, "head")
-
-
-def check_columns() -> None:
-    """create_all never changes an existing table: stop if one lacks a column the model has."""
-    database = inspect(db_engine)
-    for table in BaseModelClass.metadata.sorted_tables:
-        found = database.get_columns(table.name) if database.has_table(table.name) else []
-        if missing := [c.name for c in table.columns if c.name not in {f["name"] for f in found}]:
-            raise RuntimeError(
-                f"Table '{table.name}' has no column {', '.join(map(repr, missing))}, which the"
-                " model declares. Run `alembic upgrade head` to bring the database up to date"
-                " (README: Changing the schema), or delete the SQLite file to start over."
-            )
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
-    url = db_engine.url.render_as_string(hide_password=True)
-    logger.info("Database: %s", url)
-    for attempt in (1, 2, 3):  # `--workers 4`, or apps on several nodes: another can be quicker
-        try:
-            create_tables()
-            break
-        except (OperationalError, IntegrityError) as exc:
-            if attempt == 3:  # stop with one clear line, not a driver traceback
-                raise RuntimeError(
-                    f"Cannot use the database {url}: {exc.orig}. Check that the server is running "
-                    "and that DATABASE_URL has the right host, port, user, password and database."
-                ) from None
-    check_columns()
-    # /readyz's engine: one connection of its own, pinged, with 1 s timeouts (2 s at worst).
-    sqlite = db_engine.dialect.name == "sqlite"
-    quick = {"timeout": 1} if sqlite else {"connect_timeout": 1, "read_timeout": 1}
-    one = {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 0, "pool_timeout": 1}
-    probe = create_engine(db_engine.url, pool_pre_ping=True, connect_args=quick, **one)
-    # The app's state, seen as request.state: the turns that get_session hands out, the probe.
-    yield {"sessions": anyio.Semaphore(settings.db_pool_size), "probe": probe}
-    probe.dispose()  # both say goodbye to the server: no "Aborted connection" in its log
-    db_engine.dispose()
-
-
-# FastAPIOffline is FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the app
-# itself (files shipped in the fastapi-offline package) instead of a CDN: they work offline.
-app = FastAPIOffline(
-    title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
-    description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
-    version="1.0.0",
-    openapi_tags=[
-        {"name": "users", "description": "Create, read, update and delete users"},
-        {"name": "health", "description": "Probes for a load balancer: liveness and readiness"},
-    ],
-    lifespan=lifespan,
-    max_body_size=64 * 1024,  # a user is a few hundred bytes: a larger body is refused unread
-)
+class Message(BaseModel):
+    detail: str
 
 
 ERRORS = {
@@ -256,112 +110,83 @@ ERRORS = {
 }
 
 
-def errors(*codes: int) -> dict:
-    """A route's error answers for the OpenAPI schema (/docs); any route can meet a 503."""
+def errors(*codes: int) -> dict:  # a route's error answers, for /docs; 503 can meet any route
     return {code: {"model": Message, "description": ERRORS[code]} for code in (*codes, 503)}
 
 
-# --- Database errors: an honest answer for each, and the real cause in the log ---------------
-# Cannot reach it, or it takes no work: refused, gone, lost, too many connections, shutting
-# down; a Galera node outside the Primary Component (1047, and 1180 at COMMIT).
-UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
-DEADLOCK = 1213  # also, on a Galera cluster, a write that lost to another node's
-BUSY = {DEADLOCK, 1205, "SQLITE_BUSY"}  # a deadlock, or a lock held too long: try again
-DUPLICATE = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
-FOREIGN_KEY = {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}
+# --- Section 4.2: one Session per request, always closed ------------------------------------
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # For a route of your own: take the session from here (SessionDep, or the tutorial's
+    # Depends(get_session)) in a plain `def` route, which FastAPI runs in a thread, off the
+    # event loop. A deadlock before its first commit runs the route once more (part 3): call
+    # other services after commit().
+    session = Session(db_engine, expire_on_commit=False)  # what we wrote stays readable
+    watch_commits(session, request)  # part 3: the deadlock rerun
+    async with database_turn(request, session):  # part 3: waits for a connection, then closes
+        yield session
 
 
-def driver_error(exc: Exception) -> tuple[object, str]:
-    """The driver's error code and message: what decides the answer, and what the log shows
-    (SQLAlchemy's own message would add the SQL statement)."""
-    error = getattr(exc, "orig", None)
-    if error is None:  # the pool found no free connection in time
-        return None, f"{type(exc).__name__}: no free connection within {WAIT:g} s"
-    code = getattr(error, "sqlite_errorname", None) or error.args[0]  # SQLite's, or MySQL's
-    return code, f"{type(error).__name__} ({code}) {error.args[-1]}"
+SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def username_taken(error: IntegrityError) -> bool:
-    code, message = driver_error(error)  # ends with the rule broken: users.username, 'username'
-    return code in DUPLICATE and "username" in message.split()[-1]
+# --- Section 5: the application -------------------------------------------------------------
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
+    # Startup runs up to `yield`, shutdown after it. Requests see what it yields as request.state.
+    logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
+    prepare_database()  # part 3: create_tables() (section 5.1), tried again if it must be
+    probe = readiness_engine()
+    yield {"db_turns": anyio.Semaphore(settings.db_pool_size), "probe": probe}
+    probe.dispose()  # both say goodbye to the server: no "Aborted connection" in its log
+    db_engine.dispose()
 
 
-class RetryRequest(Exception):
-    """The database broke a deadlock by rolling this request's transaction back."""
+# FastAPI whose /docs and /redoc load their files from the app, not from a CDN: no internet.
+app = FastAPIOffline(
+    title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
+    description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
+    version="1.0.0",
+    lifespan=lifespan,
+    max_body_size=64 * 1024,  # a user is a few hundred bytes: a larger body is refused unread
+)
 
 
-def watch_commits(session: Session, request: Request) -> None:
-    """Notes on the request whether its session committed: after that, it never runs again."""
-    request.state.committed = False
-
-    def committed(session: Session) -> None:
-        request.state.committed = True
-
-    event.listen(session, "after_commit", committed)
+@app.get("/", tags=["hello"])
+def read_root() -> dict[str, str]:
+    return {"message": "Hello, World!"}
 
 
-class RetryOnDeadlock:
-    """Runs a request once more, from the start, after a deadlock, if its session had not
-    committed: the database rolled back all it wrote, and the second run meets the rows the
-    winner wrote, so a racing create of a taken username gets its 409 (README: Reliability).
-    The body is kept as the route reads it, within the route's own size limit."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        kept: list[dict] = []
-
-        async def receive_and_keep() -> dict:
-            kept.append(await receive())
-            return kept[-1]
-
-        try:
-            await self.app(scope, receive_and_keep, send)
-        except RetryRequest:
-            unread = iter(kept)
-
-            async def receive_again() -> dict:  # the kept body, then what comes next
-                return next(unread, None) or await receive()
-
-            await self.app({**scope, "retried": True}, receive_again, send)
+# --- Section 5.1: create the tables ---------------------------------------------------------
+def create_tables() -> None:
+    """create_all creates the tables that are missing and never changes one that exists."""
+    database = inspect(db_engine)
+    if database.has_table("alembic_version"):
+        return  # Alembic manages this database: `alembic upgrade head` changes it, not create_all
+    new = not database.get_table_names()
+    BaseModelClass.metadata.create_all(db_engine)
+    if new:
+        record_newest_revision()  # part 3: Alembic learns that these tables are up to date
 
 
-app.add_middleware(RetryOnDeadlock)
+# --- Section 8: create a user, approach A (the session comes from the dependency) -----------
+@app.post(
+    "/users/", status_code=status.HTTP_201_CREATED, responses=errors(400, 409), tags=["users"]
+)
+def create_user(user: UserInput, session: SessionDep) -> UserOutput:
+    """Create a user. A username that is already taken answers 409."""
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()  # a taken username: the unique index says no, and part 3 answers 409
+    return UserOutput.model_validate(new_user)  # the row's fields that the client gets
 
 
-def where(request: Request) -> tuple[str, str]:
-    return request.method, request.url.path
+# === Part 2: more CRUD =======================================================================
+class UserPatch(TypedDict, total=False):  # a field may be left out, but not be null
+    username: Username
+    email: Email
 
 
-@app.exception_handler(DBAPIError)
-@app.exception_handler(PoolTimeoutError)
-async def database_error(request: Request, exc: Exception) -> JSONResponse:
-    code, cause = driver_error(exc)
-    committed = getattr(request.state, "committed", True)  # no session from get_session: as if
-    if code == DEADLOCK and not committed and not request.scope.get("retried"):
-        logger.warning("Database error on %s %s, running it again: %s", *where(request), cause)
-        raise RetryRequest  # RetryOnDeadlock, above, catches it
-    if code == DEADLOCK and committed:  # a second run would write the committed part again
-        answer, headers = (500, "Internal Server Error"), None
-        cause += "; not run again: the request had committed already"
-    elif isinstance(exc, IntegrityError) and code in DUPLICATE | FOREIGN_KEY:
-        # A rule of the schema that the route does not handle, such as a second unique column.
-        answer, headers = (409, "Conflicts with existing data"), None
-    elif code in BUSY:  # the same request, sent again, is likely to succeed
-        answer, headers = (503, "Database busy, try again"), {"Retry-After": "1"}
-    elif code in UNAVAILABLE or getattr(exc, "connection_invalidated", code is None):
-        answer, headers = (503, "Database unavailable"), {"Retry-After": "5"}
-    else:  # the model and the schema disagree, or a bug: a 500, and the cause in the log
-        answer, headers = (500, "Internal Server Error"), None
-    logger.error("Database error on %s %s, answered %s %s: %s", *where(request), *answer, cause)
-    return JSONResponse({"detail": answer[1]}, answer[0], headers=headers)
-
-
-# The id column is a 32-bit INT; a bigger number is refused (422) before it reaches SQL.
-UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the id column is a 32-bit INT
 
 
 def get_user_or_404(session: Session, user_id: int) -> UserTable:
@@ -371,52 +196,7 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
     return user
 
 
-@app.get("/", tags=["hello"])
-def read_root() -> dict[str, str]:
-    return {"message": "Hello, World!"}
-
-
-# --- Health: for a load balancer or an orchestrator (README: Deploying) ----------------------
-@app.get("/livez", tags=["health"])
-async def livez() -> dict[str, str]:
-    """The app runs. Never touches the database: a database blip must not restart the app."""
-    return {"status": "alive"}
-
-
-@app.get("/readyz", tags=["health"], responses=errors())
-def readyz(request: Request) -> dict[str, str]:
-    """The database answers `SELECT 1` within about 2 s: send this app traffic."""
-    # Its own connection, with short timeouts: the check never waits for, nor takes, one that
-    # requests need. A database error answers 503 (database_error).
-    with request.state.probe.connect() as connection:
-        connection.execute(text("SELECT 1"))
-    return {"status": "ready"}
-
-
-# --- Section 8: CRUD ------------------------------------------------------------------------
-@app.post(
-    "/users/",
-    response_model=UserOutput,
-    status_code=status.HTTP_201_CREATED,
-    responses=errors(400, 409),
-    tags=["users"],
-)
-def create_user(user: UserInput, session: SessionDep) -> UserTable:
-    """Create a user. A username that is already taken answers 409."""
-    new_user = UserTable(username=user.username, email=user.email)
-    session.add(new_user)
-    try:
-        session.commit()
-    except IntegrityError as error:
-        if not username_taken(error):
-            raise  # another rule: database_error() answers it
-        # The unique index decides, not a SELECT beforehand: two requests racing for the same
-        # username would both pass such a check, and one of them would then get a 500.
-        raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
-    return new_user
-
-
-@app.get("/users/", response_model=list[UserOutput], responses=errors(), tags=["users"])
+@app.get("/users/", responses=errors(), tags=["users"])
 def read_users(
     session: SessionDep,
     request: Request,
@@ -424,13 +204,8 @@ def read_users(
     after_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
     skip: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,  # no table has more rows
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
-) -> list[UserTable]:
-    """List users in id order (the order they were created), `limit` (at most 100) at a time.
-
-    Page with **`after_id`**: the users after that id. It costs the same at any depth, and
-    the next page's URL comes in the `Link: <...>; rel="next"` header (none on the last page).
-    **`skip`** works too, but the database reads and drops every skipped row: deep pages get slow.
-    """
+) -> list[UserOutput]:
+    """Users in id order: page with **`after_id`** (next page: the `Link` header), or `skip`."""
     if skip is not None and after_id is not None:  # a 422 in FastAPI's own shape, as for any query
         message, where = "Use skip or after_id, not both", ("query", "after_id")
         problem = {"type": "value_error", "loc": where, "msg": message, "input": after_id}
@@ -446,31 +221,25 @@ def read_users(
         # A relative link (RFC 8288): never built from the Host header, which the client chose.
         query = request.url.remove_query_params("skip").include_query_params(after_id=users[-1].id)
         response.headers["Link"] = f'<{request.url.path}?{query.query}>; rel="next"'
-    return users
+    return [UserOutput.model_validate(user) for user in users]
 
 
-@app.get("/users/{user_id}", response_model=UserOutput, responses=errors(404), tags=["users"])
-def read_user(user_id: UserId, session: SessionDep) -> UserTable:
-    return get_user_or_404(session, user_id)
+@app.get("/users/{user_id}", responses=errors(404), tags=["users"])
+def read_user(user_id: UserId, session: SessionDep) -> UserOutput:
+    return UserOutput.model_validate(get_user_or_404(session, user_id))
 
 
-@app.patch(
-    "/users/{user_id}", response_model=UserOutput, responses=errors(400, 404, 409), tags=["users"]
-)
-def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:
+@app.patch("/users/{user_id}", responses=errors(400, 404, 409), tags=["users"])
+def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:
     """Change the fields you send; leave a field out to keep it."""
     user = get_user_or_404(session, user_id)
-    for field, value in changes.model_dump(exclude_unset=True).items():
+    for field, value in changes.items():
         setattr(user, field, value)
     try:
-        session.commit()  # sends the UPDATE
-    except IntegrityError as error:
-        if not username_taken(error):
-            raise
-        raise HTTPException(status.HTTP_409_CONFLICT, ERRORS[409]) from None
+        session.commit()  # sends the UPDATE; a taken username answers 409, as in create_user
     except StaleDataError:  # another request deleted the row since we read it
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404]) from None
-    return user
+    return UserOutput.model_validate(user)
 
 
 @app.delete(
@@ -485,3 +254,166 @@ def delete_user(user_id: UserId, session: SessionDep) -> None:
     session.commit()
     if deleted == 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
+
+
+# === Part 3: what a real service adds =======================================================
+# --- Turns: at most DB_POOL_SIZE sessions at once ---------------------------------------------
+# A session keeps its connection until it closes, after FastAPI checked the answer in another
+# thread. With more sessions than connections, threads would wait for connections held by
+# requests that wait for threads. A turn, awaited on the event loop, comes with a connection.
+@asynccontextmanager
+async def database_turn(request: Request, session: Session) -> AsyncIterator[None]:
+    try:
+        with anyio.fail_after(WAIT):
+            await request.state.db_turns.acquire()
+    except TimeoutError:  # no turn, no connection: the pool's own answer (database_error)
+        raise PoolTimeoutError("no turn") from None
+    try:
+        yield
+    finally:  # close the session before another request gets the turn
+        try:
+            if session.in_transaction():  # after a read: a ROLLBACK, which waits for the server
+                await run_in_threadpool(session.close)
+            else:  # after a commit, closing sends nothing
+                session.close()
+        except DBAPIError as error:  # the connection died: the server rolls back by itself
+            logger.warning("Closing a session: %s", driver_error(error)[1])
+        finally:
+            request.state.db_turns.release()
+
+
+# --- Database errors: an honest answer for each, the real cause in the log -------------------
+# Refused, gone, lost, too many connections, shutting down; Galera without quorum (1047, 1180).
+UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
+BUSY = {1213, 1205, "SQLITE_BUSY"}  # a deadlock (on Galera also a lost clash), a lock held long
+UNIQUE = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+CONFLICT = UNIQUE | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and the foreign keys
+
+
+def driver_error(error: Exception) -> tuple[object, str]:  # decide the answer, fill the log
+    if (cause := getattr(error, "orig", None)) is None:  # the pool had no free connection
+        return None, f"{type(error).__name__}: no free connection in {WAIT:g} s"
+    code = getattr(cause, "sqlite_errorname", None) or cause.args[0]  # SQLite's, or MySQL's
+    return code, f"{type(cause).__name__} ({code}) {cause.args[-1]}"
+
+
+@app.exception_handler(DBAPIError)
+@app.exception_handler(PoolTimeoutError)
+async def database_error(request: Request, error: Exception) -> JSONResponse:
+    (code, cause), where = driver_error(error), f"{request.method} {request.url.path}"
+    committed = getattr(request.state, "committed", None)  # None: no session from get_session
+    if code == 1213 and committed is False and not request.scope.get("rerun"):  # a deadlock
+        logger.warning("Database error on %s, running it again: %s", where, cause)
+        raise RunAgain(await request.body())  # the body the route read (cached): run it again
+    # A taken username (the message ends with users.username, or 'username'): the unique index
+    # decides, not a SELECT first, which two racing requests would both pass.
+    if isinstance(error, IntegrityError) and code in UNIQUE and "username" in cause.split()[-1]:
+        return JSONResponse({"detail": ERRORS[409]}, status.HTTP_409_CONFLICT)
+    if isinstance(error, IntegrityError) and code in CONFLICT:  # another rule: a bug, logged
+        answer = 409, "Conflicts with existing data", None
+    elif code in BUSY and not committed:  # the same request, sent again, is likely to succeed
+        answer = 503, "Database busy, try again", "1"
+    elif code is None or code in UNAVAILABLE or error.connection_invalidated:
+        answer = 503, "Database unavailable", "5"
+    else:  # the schema and the model disagree, a bug, or busy after a commit: see the log
+        answer = 500, "Internal Server Error", None
+        cause += "; not run again: the request had committed already" if code in BUSY else ""
+    logger.error("Database error on %s, answered %s %s: %s", where, *answer[:2], cause)
+    headers = {"Retry-After": answer[2]} if answer[2] else None
+    return JSONResponse({"detail": answer[1]}, answer[0], headers=headers)
+
+
+# --- A deadlock: the request runs once more, unless it has committed something --------------
+# MySQL breaks a deadlock (Galera, a clash of nodes' writes) by undoing one transaction: run
+# again, it meets the winner's rows, and a racing create gets its 409. Not after a commit: that
+# part would be written twice, so database_error() answers 500.
+def watch_commits(session: Session, request: Request) -> None:
+    request.state.committed = False
+
+    def committed(session: Session) -> None:
+        request.state.committed = True
+
+    event.listen(session, "after_commit", committed)
+
+
+class RunAgain(Exception):
+    pass
+
+
+def run_again_after_deadlock(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except RunAgain as again:
+            body = [{"type": "http.request", "body": again.args[0]}]
+
+            async def receive_again() -> dict:  # the same body, then what the client sends
+                return body.pop() if body else await receive()
+
+            await app({**scope, "rerun": True}, receive_again, send)
+
+    return middleware
+
+
+app.add_middleware(run_again_after_deadlock)
+
+
+# --- Health probes, for a load balancer or an orchestrator (README: Deploying) --------------
+@app.get("/livez", tags=["health"])
+async def livez() -> dict[str, str]:
+    """The app runs. Never touches the database: a database blip must not restart the app."""
+    return {"status": "alive"}
+
+
+@app.get("/readyz", tags=["health"], responses=errors())
+def readyz(request: Request) -> dict[str, str]:
+    """The database answers `SELECT 1` within about 2 s: send this app traffic."""
+    with request.state.probe.connect() as connection:  # a database error answers 503
+        connection.execute(text("SELECT 1"))
+    return {"status": "ready"}
+
+
+def readiness_engine() -> Engine:
+    # One connection of its own, pinged, 1 s timeouts: it never waits for one requests need.
+    sqlite = db_engine.dialect.name == "sqlite"
+    quick = {"timeout": 1} if sqlite else {"connect_timeout": 1, "read_timeout": 1}
+    one = {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 0, "pool_timeout": 1}
+    return create_engine(db_engine.url, pool_pre_ping=True, connect_args=quick, **one)
+
+
+# --- Startup: the tables, whoever else is starting -----------------------------------------
+def prepare_database() -> None:
+    # Other workers, or apps on other nodes, may be creating the same tables now: three tries.
+    for attempt in (1, 2, 3):
+        try:
+            create_tables()
+            break
+        except (OperationalError, IntegrityError) as error:
+            if attempt == 3:  # one clear line, not a driver traceback
+                url = db_engine.url.render_as_string(hide_password=True)
+                message = f"Cannot use the database {url}: {error.orig}. Check that the server"
+                raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
+    # create_all never changes an existing table: stop if one lacks a column the model has.
+    database = inspect(db_engine)
+    for table in BaseModelClass.metadata.sorted_tables:
+        there = database.get_columns(table.name) if database.has_table(table.name) else []
+        if missing := [c.name for c in table.columns if c.name not in {t["name"] for t in there}]:
+            columns, hint = ", ".join(map(repr, missing)), "README: Changing the schema"
+            raise RuntimeError(
+                f"Table '{table.name}' has no column {columns}, which the model"
+                f" declares. Run `alembic upgrade head` ({hint})."
+            )
+
+
+def record_newest_revision() -> None:
+    # create_all just made what the newest revision describes: `stamp head` tells Alembic.
+    if (migrations := pathlib.Path(__file__).with_name("migrations")).is_dir():
+        with db_engine.begin() as connection:
+            MigrationContext.configure(connection).stamp(ScriptDirectory(str(migrations)), "head")
+
+
+# --- SQLite obeys foreign keys only if asked: the app's connections do (Alembic's must not) --
+@event.listens_for(db_engine, "connect")
+def enforce_foreign_keys(dbapi_connection: object, connection_record: object) -> None:
+    if db_engine.dialect.name == "sqlite":
+        dbapi_connection.execute("PRAGMA foreign_keys = ON")

@@ -20,24 +20,23 @@ def after(text: str, anchor: str, addition: str) -> str:
     return replace(text, anchor, anchor + addition)
 
 
+READ_USER = "    return UserOutput.model_validate(get_user_or_404(session, user_id))\n"
+IMPORTS = "from sqlalchemy import Engine,"  # ruff sorts and wraps the names added here
+
+
 def by_username(src: str) -> str:
     return after(
         src,
-        "    return get_user_or_404(session, user_id)\n",
+        READ_USER,
         '''
 
-@app.get(
-    "/users/by-username/{username}",
-    response_model=UserOutput,
-    responses=errors(404),
-    tags=["users"],
-)
-def read_user_by_username(username: str, session: SessionDep) -> UserTable:
+@app.get("/users/by-username/{username}", responses=errors(404), tags=["users"])
+def read_user_by_username(username: str, session: SessionDep) -> UserOutput:
     """Read one user by exact username."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
-    return user
+    return UserOutput.model_validate(user)
 ''',
     )
 
@@ -46,7 +45,8 @@ def active_and_created_at(src: str) -> str:
     src = after(
         src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
     )
-    src = after(src, "from sqlalchemy import (\n", "    DateTime,\n    func,\n    true,\n")
+    src = replace(src, IMPORTS, "from sqlalchemy import DateTime, func, true, Engine,")
+    src = replace(src, "EmailStr, Field\n", "EmailStr, Field, field_validator\n")
     src = after(
         src,
         "    email: Mapped[str] = mapped_column(String(120))\n",
@@ -74,7 +74,7 @@ def active_and_created_at(src: str) -> str:
 
 
 def posts(src: str) -> str:
-    src = after(src, "from sqlalchemy import (\n", "    ForeignKey,\n    Text,\n")
+    src = replace(src, IMPORTS, "from sqlalchemy import ForeignKey, Text, Engine,")
     src = replace(
         src,
         "from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column",
@@ -118,34 +118,28 @@ class PostOutput(BaseModel):
     )
     return after(
         src,
-        "    return get_user_or_404(session, user_id)\n",
+        READ_USER,
         '''
 
 @app.post(
     "/users/{user_id}/posts",
-    response_model=PostOutput,
     status_code=status.HTTP_201_CREATED,
     responses=errors(400, 404),
     tags=["posts"],
 )
-def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostTable:
+def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostOutput:
     """Write a post for a user."""
     get_user_or_404(session, user_id)
     new_post = PostTable(user_id=user_id, title=post.title, body=post.body)
     session.add(new_post)
     session.commit()
-    return new_post
+    return PostOutput.model_validate(new_post)
 
 
-@app.get(
-    "/users/{user_id}/posts",
-    response_model=list[PostOutput],
-    responses=errors(404),
-    tags=["posts"],
-)
-def read_posts(user_id: UserId, session: SessionDep) -> list[PostTable]:
+@app.get("/users/{user_id}/posts", responses=errors(404), tags=["posts"])
+def read_posts(user_id: UserId, session: SessionDep) -> list[PostOutput]:
     """A user's posts, oldest first: in the order they were written, which is id order."""
-    return list(get_user_or_404(session, user_id).posts)
+    return [PostOutput.model_validate(post) for post in get_user_or_404(session, user_id).posts]
 ''',
     )
 
@@ -154,10 +148,10 @@ def domain_filter(src: str) -> str:
     src = replace(
         src,
         """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
-) -> list[UserTable]:""",
+) -> list[UserOutput]:""",
         """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
     domain: Annotated[str | None, Query(max_length=255, examples=["example.com"])] = None,
-) -> list[UserTable]:""",
+) -> list[UserOutput]:""",
     )
     return after(
         src,
@@ -232,7 +226,6 @@ def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
 
 def approach_b(src: str) -> str:
     src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
-    src = replace(src, "from fastapi.concurrency import run_in_threadpool\n", "")
     src = replace(
         src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
     )
@@ -251,10 +244,10 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
     )
     # Every route drops its `session: SessionDep` parameter and runs its body in a `with` block.
     for signature in (
-        "def create_user(user: UserInput, session: SessionDep) -> UserTable:",
+        "def create_user(user: UserInput, session: SessionDep) -> UserOutput:",
         "def read_users(\n    session: SessionDep,\n",
-        "def read_user(user_id: UserId, session: SessionDep) -> UserTable:",
-        "def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserTable:",
+        "def read_user(user_id: UserId, session: SessionDep) -> UserOutput:",
+        "def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:",
         "def delete_user(user_id: UserId, session: SessionDep) -> None:",
     ):
         head, rest = src.split(signature)

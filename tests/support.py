@@ -139,11 +139,12 @@ class TcpProxy:
 
 
 class UvicornServer:
-    """`uvicorn main:app` in a child process, on a free port, with its own DATABASE_URL."""
+    """`uvicorn main:app` in a child process, on a free port, with its own DATABASE_URL (None:
+    none at all, so main.py's default)."""
 
     def __init__(
         self,
-        database_url: str,
+        database_url: str | None,
         workers: int = 1,
         extra_env: dict | None = None,
         cwd: Path = ROOT,
@@ -151,7 +152,9 @@ class UvicornServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
-        env = {**os.environ, "DATABASE_URL": database_url, **(extra_env or {})}
+        env = {**os.environ, "DATABASE_URL": database_url or "", **(extra_env or {})}
+        if database_url is None:
+            del env["DATABASE_URL"]
         command = [sys.executable, "-m", "uvicorn", "main:app", "--port", str(self.port)]
         if workers > 1:
             command += ["--workers", str(workers)]
