@@ -1,7 +1,10 @@
 """Shared fixtures: every test that takes `client` runs once on SQLite and once on MySQL."""
 
+import importlib
 import os
+import re
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +17,18 @@ from tests.support import TcpProxy
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
+TOOL_SKIPPED = "not installed: pip install -r requirements-test.txt"
+
+
+def need(tool: str) -> ModuleType:
+    """A test tool beyond pytest and httpx2, imported. Without it the test (or, called at the top
+    of a file, the whole file) is skipped, as the MySQL cases are. CI has every tool: there, a
+    missing one is an error."""
+    if os.environ.get("CI"):
+        return importlib.import_module(tool)
+    return pytest.importorskip(tool, reason=f"{tool} {TOOL_SKIPPED}")
+
+
 POOL_AS_IN_MAIN = {"pool_reset_on_return": None}  # main.db_engine's: no ROLLBACK on return
 
 
@@ -105,3 +120,8 @@ def pytest_unconfigure(config) -> None:
         reporter.write_line(f"SQLite only: {mysql} {MYSQL_SKIPPED}", yellow=True, bold=True)
     if cluster := sum(GALERA_SKIPPED in reason for reason in skipped):
         reporter.write_line(f"{cluster} {GALERA_SKIPPED}", yellow=True, bold=True)
+    wanted = [re.findall(rf"(\S+) {re.escape(TOOL_SKIPPED)}", reason) for reason in skipped]
+    if tools := sorted({tool for found in wanted for tool in found}):
+        count = sum(map(bool, wanted))
+        line = f"{count} cases or files skipped, {', '.join(tools)} {TOOL_SKIPPED}"
+        reporter.write_line(line, yellow=True, bold=True)

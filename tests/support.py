@@ -148,6 +148,7 @@ class UvicornServer:
         workers: int = 1,
         extra_env: dict | None = None,
         cwd: Path = ROOT,
+        python: Path | str = sys.executable,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -155,7 +156,7 @@ class UvicornServer:
         env = {**os.environ, "DATABASE_URL": database_url or "", **(extra_env or {})}
         if database_url is None:
             del env["DATABASE_URL"]
-        command = [sys.executable, "-m", "uvicorn", "main:app", "--port", str(self.port)]
+        command = [str(python), "-m", "uvicorn", "main:app", "--port", str(self.port)]
         if workers > 1:
             command += ["--workers", str(workers)]
         self.process = subprocess.Popen(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import url_of
+from conftest import need, url_of
 from tests.support import ROOT, UvicornServer
 
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png", ".json": "json"}
@@ -65,6 +65,7 @@ SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "test-artifacts"))
     reason="Chromium is not installed (apt-get install chromium)",
 )
 def test_try_it_out_in_a_real_browser_creates_a_user_then_answers_409(engine, rows):
+    need("playwright")
     from playwright.sync_api import expect, sync_playwright
 
     outside_requests: list[str] = []

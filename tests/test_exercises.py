@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
 from exercises.make_solutions import solution_patch
 from tests.support import ROOT, copy_app
 
@@ -48,6 +49,7 @@ def test_there_are_five_to_seven_exercises():
 
 @pytest.mark.parametrize("exercise", EXERCISES)
 def test_solution_patch_is_rebuilt_from_todays_main_py(exercise):
+    need("ruff")  # the patches are formatted as ruff leaves them
     patch = (ROOT / "exercises" / "solutions" / f"{exercise}.patch").read_text()
     expected = solution_patch(exercise, (ROOT / "main.py").read_text())
     assert patch == expected, "main.py changed: run python exercises/make_solutions.py"

@@ -2,11 +2,13 @@
 
 import json
 
-import schemathesis
-from hypothesis import HealthCheck, settings, strategies
-from schemathesis.specs.openapi.checks import allow_header_conformance
-
 import main
+from conftest import need
+
+schemathesis = need("schemathesis")  # without the tools (requirements-test.txt), skipped
+hypothesis = need("hypothesis")
+strategies = need("hypothesis.strategies")
+checks = need("schemathesis.specs.openapi.checks")
 
 # Schemathesis's own e-mail addresses include reserved domains such as ".test", which the
 # email-validator package refuses by design; Hypothesis's addresses use real top-level domains.
@@ -18,11 +20,14 @@ schema.app = main.app
 
 
 @schema.parametrize()
-@settings(
+@hypothesis.settings(
     max_examples=40,
     derandomize=True,  # the same examples on every run
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[
+        hypothesis.HealthCheck.function_scoped_fixture,
+        hypothesis.HealthCheck.too_slow,
+    ],
 )
 def test_generated_requests_get_documented_answers_and_no_5xx(client, case):
     if case.query and {"skip", "after_id"} <= case.query.keys():
@@ -33,7 +38,7 @@ def test_generated_requests_get_documented_answers_and_no_5xx(client, case):
         return
     # Excluded: when two routes share a path (GET and POST /users/), Starlette's 405 answer
     # lists only one route's method in its Allow header. A framework limit, not the app's.
-    case.call_and_validate(excluded_checks=[allow_header_conformance])
+    case.call_and_validate(excluded_checks=[checks.allow_header_conformance])
 
 
 def test_one_megabyte_username_is_refused_unread_with_413(client, rows):
