@@ -98,7 +98,9 @@ def mysql_connect(url: str):
 
 def reset_table(url: str) -> None:
     with mysql_connect(url) as connection, connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS users")
+        # alembic_version too: each app then starts on an empty database, makes its table and
+        # stamps it, instead of finding another app's stamp and leaving the table to Alembic.
+        cursor.execute("DROP TABLE IF EXISTS users, alembic_version")
 
 
 def count_rows(url: str) -> int:
