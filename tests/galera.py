@@ -63,7 +63,23 @@ def available() -> bool:
     return all(tool.exists() for tool in tools) and shutil.which("rsync") is not None
 
 
-class Node:
+class Member:
+    """A process of the cluster: a node or the arbitrator."""
+
+    process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """A crash (SIGKILL): the others learn of it only when it stops answering."""
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+
+class Node(Member):
     def __init__(self, folder: Path, number: int):
         self.folder, self.number = folder, number
         self.port, self.gcomm, self.ist, self.sst = (free_port() for _ in range(4))
@@ -104,12 +120,6 @@ class Node:
             self.process.wait(timeout=60)
         self.process = None
 
-    def kill(self) -> None:
-        """A crash (SIGKILL): the others learn of it only when it stops answering."""
-        self.process.kill()
-        self.process.wait()
-        self.process = None
-
     def sql(self, statements: str) -> str:
         """Runs SQL as root over the node's own socket, with the mariadb client, as CI does."""
         command = [MARIADB, f"--socket={self.folder / 'mysqld.sock'}", "-uroot", "-N", "-B"]
@@ -120,24 +130,36 @@ class Node:
         row = self.sql(f"SHOW GLOBAL STATUS LIKE '{name}'").split()
         return row[1] if len(row) == 2 else None
 
+    def synced(self, cluster_size: int) -> bool:
+        """Synced in a cluster of cluster_size members; an error naming this node if it exited."""
+        if self.process and self.process.poll() is not None:
+            raise RuntimeError(f"node{self.number} exited:\n{self.log_tail()}")
+        in_step = self.status("wsrep_local_state_comment") == "Synced"
+        return in_step and self.status("wsrep_cluster_size") == str(cluster_size)
+
     def wait_synced(self, cluster_size: int, timeout: float = 120) -> float:
         """Seconds until this node is Synced in a cluster of cluster_size nodes."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"node{self.number} exited:\n{self.log_tail()}")
-            synced = self.status("wsrep_local_state_comment") == "Synced"
-            if synced and self.status("wsrep_cluster_size") == str(cluster_size):
-                return time.monotonic() - started
-            time.sleep(0.2)
-        raise RuntimeError(f"node{self.number} not synced after {timeout} s:\n{self.log_tail()}")
+        return wait_until_synced([self], cluster_size, timeout)
 
     def log_tail(self) -> str:
         log = self.folder / "error.log"
         return "\n".join(log.read_text().splitlines()[-30:]) if log.exists() else "(no log)"
 
 
-class Arbitrator:
+def wait_until_synced(nodes: list[Node], cluster_size: int, timeout: float = 120) -> float:
+    """Seconds until every one of nodes is Synced in a cluster of cluster_size members. Each is
+    watched all along, so a node that exits is named at once, with its own log."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if all([node.synced(cluster_size) for node in nodes]):  # a list: ask every node
+            return time.monotonic() - started
+        time.sleep(0.2)
+    late = [node for node in nodes if not node.synced(cluster_size)]
+    logs = "\n".join(f"node{node.number}:\n{node.log_tail()}" for node in late)
+    raise RuntimeError(f"not synced after {timeout} s: {logs}")
+
+
+class Arbitrator(Member):
     """garbd: a voting member of the group that keeps no data."""
 
     def __init__(self, folder: Path):
@@ -151,11 +173,6 @@ class Arbitrator:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.process = None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -196,13 +213,12 @@ class GaleraCluster:
         first, second = self.nodes
         if first.status("wsrep_cluster_status") != "Primary":
             first.sql("SET GLOBAL wsrep_provider_options = 'pc.bootstrap = YES'")
-            first.wait_synced(cluster_size=1 + (second.process is not None))
-        if self.arbitrator.process is None:
+            first.wait_synced(cluster_size=1 + second.running)
+        if not self.arbitrator.running:
             self.arbitrator.start(self.peers)
-        if second.process is None:
+        if not second.running:
             second.start()
-        for node in self.nodes:
-            node.wait_synced(cluster_size=MEMBERS)
+        wait_until_synced(self.nodes, cluster_size=MEMBERS)
         return time.monotonic() - started
 
     def url(self, node: Node, database: str = "tutorial_test") -> str:

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -39,10 +40,33 @@ def together(count: int, call) -> list[int]:
         return list(pool.map(run, range(count)))
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections (Linux; elsewhere, a safe guess)."""
+    ports = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low, high = map(int, ports.read_text().split()) if ports.exists() else (32768, 65535)
+    return range(low, high + 1)
+
+
+HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on, and one no outgoing connection can take. Ports from the
+    ephemeral range may be in use by the time a server restarts on them (a Galera node after a
+    crash), and the server then exits at once with "Address already in use"."""
+    ephemeral = ephemeral_ports()
+    candidates = range(max(1024, ephemeral.start - 12000), ephemeral.start)
+    while True:
+        port = random.choice(candidates)
+        if port in HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        HANDED_OUT.add(port)
+        return port
 
 
 def other_connection_ids(admin) -> list[int]:

@@ -6,6 +6,7 @@ test empties its database, then talks to `uvicorn main:app` on node 1 and on nod
 
 import os
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from conftest import emptied
 from tests import galera
-from tests.support import UvicornServer, together
+from tests.support import UvicornServer, ephemeral_ports, free_port, together
 
 ROUNDS = 5  # each race, this many times in a row
 
@@ -243,7 +244,6 @@ def test_two_apps_with_two_workers_each_start_together_on_an_empty_database(clus
 
 # --- A crash, then the loss of quorum (issue 18). These kill members: they come last, and each
 # leaves the cluster whole again.
-# leaves the cluster whole again.
 class Writers:
     """Clients that create users through one app, one request after another, until stopped."""
 
@@ -343,3 +343,30 @@ def test_without_quorum_every_database_route_and_readyz_answer_503(cluster, apps
     assert live.status_code == 200
     assert set(writers.since(lost_at)) <= {201, 503}
     assert after.status_code == 200
+
+
+# --- The cluster's own machinery. A CI run once hung here for 120 s: node 2, restarted after a
+# crash, found its group port taken by an outgoing connection (the kernel hands its ephemeral
+# ports to any connect) and exited at once, while restore() waited on node 1 and blamed it.
+def test_no_port_of_the_test_machinery_is_one_the_kernel_hands_to_outgoing_connections():
+    ports = [free_port() for _ in range(50)]
+    assert not set(ports) & set(ephemeral_ports()), ephemeral_ports()
+    assert len(set(ports)) == len(ports)  # and none handed out twice
+
+
+def test_a_member_that_cannot_start_again_is_named_with_its_own_log(cluster, engines):
+    first, second = cluster.nodes
+    second.kill()
+    cluster.arbitrator.kill()  # as in the quorum test: node 1 alone, then told to bootstrap
+    while first.status("wsrep_cluster_status") != "non-Primary":
+        time.sleep(0.2)
+    with socket.socket() as squatter:  # something else now listens on node 2's group port
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", second.gcomm))
+        squatter.listen()
+        with pytest.raises(RuntimeError) as failure:
+            cluster.restore()
+    assert str(failure.value).startswith("node2 exited"), str(failure.value)[:200]
+    assert "Address already in use" in str(failure.value)
+    cluster.restore()  # the port is free again: node 2 rejoins
+    assert second.status("wsrep_cluster_size") == str(galera.MEMBERS)
