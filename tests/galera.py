@@ -66,11 +66,22 @@ def available() -> bool:
 class Member:
     """A process of the cluster: a node or the arbitrator."""
 
+    name: str
+    log: Path
     process: subprocess.Popen | None = None
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def check_running(self) -> None:
+        """An error naming this member, with its own log, if its process has exited."""
+        if self.process and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        lines = self.log.read_text().splitlines()[-30:] if self.log.exists() else ["(no log)"]
+        return "\n".join(lines)
 
     def kill(self) -> None:
         """A crash (SIGKILL): the others learn of it only when it stops answering."""
@@ -82,6 +93,7 @@ class Member:
 class Node(Member):
     def __init__(self, folder: Path, number: int):
         self.folder, self.number = folder, number
+        self.name, self.log = f"node{number}", folder / "error.log"
         self.port, self.gcomm, self.ist, self.sst = (free_port() for _ in range(4))
         self.process: subprocess.Popen | None = None
 
@@ -131,9 +143,7 @@ class Node(Member):
         return row[1] if len(row) == 2 else None
 
     def synced(self, cluster_size: int) -> bool:
-        """Synced in a cluster of cluster_size members; an error naming this node if it exited."""
-        if self.process and self.process.poll() is not None:
-            raise RuntimeError(f"node{self.number} exited:\n{self.log_tail()}")
+        """Whether this node is Synced in a cluster of cluster_size members."""
         in_step = self.status("wsrep_local_state_comment") == "Synced"
         return in_step and self.status("wsrep_cluster_size") == str(cluster_size)
 
@@ -141,21 +151,21 @@ class Node(Member):
         """Seconds until this node is Synced in a cluster of cluster_size nodes."""
         return wait_until_synced([self], cluster_size, timeout)
 
-    def log_tail(self) -> str:
-        log = self.folder / "error.log"
-        return "\n".join(log.read_text().splitlines()[-30:]) if log.exists() else "(no log)"
 
-
-def wait_until_synced(nodes: list[Node], cluster_size: int, timeout: float = 120) -> float:
-    """Seconds until every one of nodes is Synced in a cluster of cluster_size members. Each is
-    watched all along, so a node that exits is named at once, with its own log."""
+def wait_until_synced(
+    nodes: list[Node], cluster_size: int, timeout: float = 120, watched: tuple = ()
+) -> float:
+    """Seconds until every one of nodes is Synced in a cluster of cluster_size members. These
+    and the watched members are checked all along, so one that exits is named at once."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
+        for member in (*nodes, *watched):
+            member.check_running()
         if all([node.synced(cluster_size) for node in nodes]):  # a list: ask every node
             return time.monotonic() - started
         time.sleep(0.2)
     late = [node for node in nodes if not node.synced(cluster_size)]
-    logs = "\n".join(f"node{node.number}:\n{node.log_tail()}" for node in late)
+    logs = "\n".join(f"{node.name}:\n{node.log_tail()}" for node in late)
     raise RuntimeError(f"not synced after {timeout} s: {logs}")
 
 
@@ -163,7 +173,7 @@ class Arbitrator(Member):
     """garbd: a voting member of the group that keeps no data."""
 
     def __init__(self, folder: Path):
-        self.log = folder / "garbd.log"
+        self.name, self.log = "garbd", folder / "garbd.log"
         self.gcomm = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -203,7 +213,7 @@ class GaleraCluster:
         second.start()
         second.wait_synced(cluster_size=2)
         self.arbitrator.start(self.peers)
-        first.wait_synced(cluster_size=MEMBERS)
+        wait_until_synced(self.nodes, cluster_size=MEMBERS, watched=(self.arbitrator,))
         return self
 
     def restore(self) -> float:
@@ -218,7 +228,7 @@ class GaleraCluster:
             self.arbitrator.start(self.peers)
         if not second.running:
             second.start()
-        wait_until_synced(self.nodes, cluster_size=MEMBERS)
+        wait_until_synced(self.nodes, cluster_size=MEMBERS, watched=(self.arbitrator,))
         return time.monotonic() - started
 
     def url(self, node: Node, database: str = "tutorial_test") -> str:
