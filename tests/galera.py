@@ -95,7 +95,6 @@ class Node(Member):
         self.folder, self.number = folder, number
         self.name, self.log = f"node{number}", folder / "error.log"
         self.port, self.gcomm, self.ist, self.sst = (free_port() for _ in range(4))
-        self.process: subprocess.Popen | None = None
 
     def configure(self, peers: str) -> None:
         self.folder.mkdir(parents=True)
@@ -161,7 +160,7 @@ def wait_until_synced(
     while time.monotonic() - started < timeout:
         for member in (*nodes, *watched):
             member.check_running()
-        if all([node.synced(cluster_size) for node in nodes]):  # a list: ask every node
+        if all(node.synced(cluster_size) for node in nodes):
             return time.monotonic() - started
         time.sleep(0.2)
     late = [node for node in nodes if not node.synced(cluster_size)]
@@ -175,7 +174,6 @@ class Arbitrator(Member):
     def __init__(self, folder: Path):
         self.name, self.log = "garbd", folder / "garbd.log"
         self.gcomm = free_port()
-        self.process: subprocess.Popen | None = None
 
     def start(self, peers: str) -> None:
         command = [GARBD, "--group", GROUP, "--address", f"gcomm://{peers}", "--log", self.log]
@@ -223,7 +221,7 @@ class GaleraCluster:
         first, second = self.nodes
         if first.status("wsrep_cluster_status") != "Primary":
             first.sql("SET GLOBAL wsrep_provider_options = 'pc.bootstrap = YES'")
-            first.wait_synced(cluster_size=1 + second.running)
+            first.wait_synced(cluster_size=2 if second.running else 1)
         if not self.arbitrator.running:
             self.arbitrator.start(self.peers)
         if not second.running:

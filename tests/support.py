@@ -54,8 +54,8 @@ def free_port() -> int:
     """A port nothing listens on, and one no outgoing connection can take. Ports from the
     ephemeral range may be in use by the time a server restarts on them (a Galera node after a
     crash), and the server then exits at once with "Address already in use"."""
-    ephemeral = ephemeral_ports()
-    candidates = range(max(1024, ephemeral.start - 12000), ephemeral.start)
+    below = ephemeral_ports().start
+    candidates = range(max(1024, below - 12000), below)  # 12,000 ports, none privileged
     while True:
         port = random.choice(candidates)
         if port in HANDED_OUT:
