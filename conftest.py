@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, MetaData, create_engine, event, select
+from sqlalchemy import Engine, MetaData, select
 from sqlalchemy.orm import Session
 
 import main
@@ -29,21 +29,16 @@ def need(tool: str) -> ModuleType:
     return pytest.importorskip(tool, reason=f"{tool} {TOOL_SKIPPED}")
 
 
-POOL_AS_IN_MAIN = {"pool_reset_on_return": None}  # main.db_engine's: no ROLLBACK on return
-
-
 def make_engine(backend: str, tmp_path) -> Engine:
-    """An engine on an empty schema: a new SQLite file, or the MySQL test database emptied."""
-    if backend == "sqlite":  # a new file: empty, with foreign keys on, as main.db_engine has
-        test_engine = create_engine(f"sqlite:///{tmp_path}/test.db", **POOL_AS_IN_MAIN)
-        event.listen(test_engine, "connect", main.enforce_foreign_keys)
-        return test_engine
+    """An engine built as main.py builds db_engine (its own functions: no copy of an option),
+    on an empty schema: a new SQLite file, or the MySQL test database emptied."""
+    if backend == "sqlite":
+        return main.limit_waits(main.create_db_engine(f"sqlite:///{tmp_path}/test.db"))
     if not MYSQL_URL:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
         pytest.skip(MYSQL_SKIPPED)
-    test_engine = create_engine(MYSQL_URL, pool_pre_ping=True, **POOL_AS_IN_MAIN)
-    return emptied(test_engine)
+    return emptied(main.limit_waits(main.create_db_engine(MYSQL_URL)))
 
 
 def emptied(engine: Engine) -> Engine:

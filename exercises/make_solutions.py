@@ -30,12 +30,12 @@ def by_username(src: str) -> str:
         READ_USER,
         '''
 
-@app.get("/users/by-username/{username}", responses=errors(404), tags=["users"])
+@app.get("/users/by-username/{username}", responses=not_found, tags=["users"])
 def read_user_by_username(username: str, session: SessionDep) -> UserOutput:
     """Read one user by exact username."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))
     if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, ERRORS[404])
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found")
     return UserOutput.model_validate(user)
 ''',
     )
@@ -124,7 +124,7 @@ class PostOutput(BaseModel):
 @app.post(
     "/users/{user_id}/posts",
     status_code=status.HTTP_201_CREATED,
-    responses=errors(400, 404),
+    responses={**not_found, 400: {"model": Message}},
     tags=["posts"],
 )
 def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostOutput:
@@ -136,7 +136,7 @@ def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostOu
     return PostOutput.model_validate(new_post)
 
 
-@app.get("/users/{user_id}/posts", responses=errors(404), tags=["posts"])
+@app.get("/users/{user_id}/posts", responses=not_found, tags=["posts"])
 def read_posts(user_id: UserId, session: SessionDep) -> list[PostOutput]:
     """A user's posts, oldest first: in the order they were written, which is id order."""
     return [PostOutput.model_validate(post) for post in get_user_or_404(session, user_id).posts]
@@ -230,9 +230,8 @@ def approach_b(src: str) -> str:
         src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
     )
     start = src.index("# --- Section 4.2")
-    end = src.index("SessionDep = Annotated[Session, Depends(get_session)]\n") + len(
-        "SessionDep = Annotated[Session, Depends(get_session)]\n"
-    )
+    session_dep = 'SessionDep = Annotated[Session, Depends(get_session, scope="function")]\n'
+    end = src.index(session_dep) + len(session_dep)
     src = (
         src[:start]
         + """# --- Section 8, approach B: each route opens its own session --------------------------------
@@ -249,12 +248,15 @@ SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
         "def read_user(user_id: UserId, session: SessionDep) -> UserOutput:",
         "def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:",
         "def delete_user(user_id: UserId, session: SessionDep) -> None:",
+        "def readyz(session: SessionDep) -> dict[str, str]:",
     ):
         head, rest = src.split(signature)
         body_end = (rest + "\n\n").index("\n\n\n")  # the next definition, or the end
         body = rest[:body_end]
-        new_signature = signature.replace(", session: SessionDep", "").replace(
-            "\n    session: SessionDep,", ""
+        new_signature = (
+            signature.replace(", session: SessionDep", "")
+            .replace("\n    session: SessionDep,", "")
+            .replace("session: SessionDep", "")
         )
         lines = body.split("\n")
         first = 1  # the body starts after the signature's last line, `) -> ...:` for read_users

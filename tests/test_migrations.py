@@ -108,9 +108,20 @@ def test_a_database_made_by_an_older_create_all_upgrades_keeping_every_row(engin
         }
 
 
+def test_the_app_stamps_the_tables_it_creates_beside_a_learners_own_table(engine):
+    with engine.begin() as connection:  # a table of the learner's, before the app's first start
+        connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body VARCHAR(200))"))
+    with TestClient(main.app) as client:
+        assert client.post("/users/", json={"username": "ada", "email": "a@e.com"}).is_success
+    assert version(engine) == HEAD  # what `alembic current` prints
+    alembic(engine, "upgrade", "head")  # nothing to do: no CREATE TABLE users again
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]
+
+
 def test_the_app_leaves_a_database_that_alembic_manages_to_alembic(engine):
     alembic(engine, "stamp", "base")  # managed by Alembic, no revision applied yet
-    with pytest.raises(RuntimeError, match="Run `alembic upgrade head`"), TestClient(main.app):
+    with pytest.raises(RuntimeError, match="alembic upgrade head"), TestClient(main.app):
         pass
     assert not inspect(engine).has_table("users"), "create_all ran on a managed database"
     alembic(engine, "upgrade", "head")

@@ -5,38 +5,98 @@ import time
 
 import pytest
 
+from conftest import url_of
 from tests.support import ROOT, UvicornServer, free_port
 
 BREAK = {
-    "refused": lambda url: url.set(port=free_port()),  # nothing listens there
     "wrong password": lambda url: url.set(password="wrong-s3cret"),
     "unknown database": lambda url: url.set(database="no_such_db"),
 }
 
 
+def exit_of(server: UvicornServer, timeout: float) -> tuple[int, float, list[str]]:
+    """Waits for the app to stop; its exit code, the seconds since it was started, its lines."""
+    started = time.monotonic()
+    code = server.process.wait(timeout=timeout)
+    seconds = time.monotonic() - started
+    server.stop()
+    return code, seconds, server.lines
+
+
+def clear_line(lines: list[str], password: str) -> str:
+    [line] = [line for line in lines if "Cannot use the database" in line]
+    assert "127.0.0.1" in line and "***" in line, line
+    assert "Check that the server is running" in line
+    assert password not in "\n".join(lines) and "wrong-s3cret" not in "\n".join(lines)
+    return line
+
+
 @pytest.mark.parametrize(
     "problem, expected",
     [
-        ("refused", "Connection refused"),
         ("wrong password", "Access denied"),
         # MySQL says "Unknown database" to a user allowed to see it, else "Access denied".
         ("unknown database", "database 'no_such_db'"),
     ],
 )
-def test_startup_with_unusable_database_exits_with_one_clear_line(mysql_engine, problem, expected):
+def test_a_refused_login_or_an_unknown_database_stops_the_app_at_once(
+    mysql_engine, problem, expected
+):
     url = BREAK[problem](mysql_engine.url.set(host="127.0.0.1"))
-    started = time.monotonic()
     server = UvicornServer(url.render_as_string(hide_password=False))
-    code = server.process.wait(timeout=20)
-    seconds = time.monotonic() - started
-    server.stop()
-    output = "\n".join(server.lines)
-    [line] = [line for line in server.lines if "Cannot use the database" in line]
-    assert code != 0
-    assert expected in line and "127.0.0.1" in line and "***" in line
-    assert "Check that the server is running" in line
-    assert "wrong-s3cret" not in output and mysql_engine.url.password not in output
+    code, seconds, lines = exit_of(server, timeout=20)
+    line = clear_line(lines, mysql_engine.url.password)
     print(f"\n{problem}: exit code {code} after {seconds:.1f} s: {line}")
+    assert code != 0
+    assert expected in line
+    assert seconds < 5, "waited for a database that can never let it in"
+
+
+def test_a_database_that_never_comes_up_stops_the_app_within_25_seconds(mysql_engine):
+    url = mysql_engine.url.set(host="127.0.0.1", port=free_port())  # nothing listens there
+    server = UvicornServer(url.render_as_string(hide_password=False))
+    code, seconds, lines = exit_of(server, timeout=40)
+    line = clear_line(lines, mysql_engine.url.password)
+    tries = [line for line in lines if "not ready" in line]
+    print(f"\nrefused: exit code {code} after {seconds:.1f} s, {len(tries)} tries: {line}")
+    assert code != 0
+    assert "Connection refused" in line
+    assert 10 < seconds < 25
+    assert len(tries) >= 4
+
+
+def test_an_app_started_before_its_database_waits_for_it_and_serves(mysql_engine, make_proxy):
+    # As a compose file or a reboot starts them: the app first, the database 4 s later.
+    proxy = make_proxy()
+    proxy.cut()
+    server = UvicornServer(url_of(mysql_engine, proxy))
+    time.sleep(4)
+    proxy.restore()
+    with server.wait_started(timeout=30), server.client() as http:
+        response = http.post("/users/", json={"username": "ada", "email": "a@example.com"})
+    tries = [line for line in server.lines if "not ready" in line]
+    print(f"\n{len(tries)} tries while the database was down; then {response.status_code}")
+    assert response.status_code == 201, "\n".join(server.lines)
+    assert tries and "Connection refused" in tries[0]
+
+
+@pytest.mark.parametrize(
+    "setting, value, expected",
+    [
+        ("DB_POOL_SIZE", "0", "greater than or equal to 1"),
+        ("DB_TIMEOUT", "0", "greater than or equal to 4"),
+        ("DB_TIMEOUT", "soon", "valid number"),
+        ("SQL_ECHO", "loud", "valid boolean"),
+    ],
+)
+def test_a_bad_setting_stops_the_app_with_a_message_naming_it(tmp_path, setting, value, expected):
+    server = UvicornServer(f"sqlite:///{tmp_path}/app.db", extra_env={setting: value})
+    code, _, lines = exit_of(server, timeout=30)
+    output = "\n".join(lines)
+    print(f"\n{setting}={value}: exit code {code}: {output.splitlines()[-1]}")
+    assert code != 0
+    assert setting.lower() in output.lower() and expected in output, output[-2000:]
+    assert not (tmp_path / "app.db").exists(), "the app touched the database first"
 
 
 def test_main_py_copied_alone_into_an_empty_folder_starts_and_serves(tmp_path):

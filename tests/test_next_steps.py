@@ -1,0 +1,220 @@
+"""What a learner or a copy-paster does next must keep working (issue 24): a forgotten close(),
+the app mounted in a bigger app, TestClient without `with`, a WebSocket route, a form route that
+loses a deadlock, and a slow client. Each was a failure of the app's own machinery."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import pytest
+from fastapi import FastAPI, WebSocket
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
+
+import main
+from conftest import need, url_of
+from tests.support import UvicornServer, copy_app
+
+ADA = {"username": "ada", "email": "ada@example.com"}
+
+
+def learner_app(tmp_path, routes: str):
+    """A copy of main.py with a learner's routes appended, as a student adds them."""
+    copy_app(tmp_path)
+    with (tmp_path / "main.py").open("a") as main_py:
+        main_py.write(routes)
+    return tmp_path
+
+
+def names(engine) -> list[str]:
+    with engine.connect() as connection:
+        return sorted(connection.execute(text("SELECT username FROM users")).scalars())
+
+
+# --- Approach B with the close() forgotten ----------------------------------------------------
+FORGOTTEN_CLOSE = """
+
+# --- Added by a learner: approach B, and the close() forgotten --------------------------------
+from fastapi import HTTPException
+from sqlalchemy.orm import sessionmaker
+
+SessionLocal = sessionmaker(bind=db_engine)
+
+
+@app.post("/learner/abandon")
+def learner_abandon(user: UserInput):
+    session = SessionLocal()
+    session.add(UserTable(username=user.username, email=user.email))
+    session.flush()  # the INSERT is sent, in a transaction that nobody ends
+    raise HTTPException(status_code=400, detail="Changed my mind")
+"""
+
+
+def test_a_write_its_request_abandoned_is_never_committed_by_a_later_request(engine, tmp_path):
+    app = learner_app(tmp_path, FORGOTTEN_CLOSE)
+    answers: list = []
+    with UvicornServer(url_of(engine), cwd=app).wait_started() as server, server.client() as http:
+        for round_number in range(3):
+            body = {"username": f"abandoned{round_number}", "email": "a@example.com"}
+            assert http.post("/learner/abandon", json=body).status_code == 400
+            creates = [
+                {"username": f"user{round_number}-{n}", "email": "u@example.com"} for n in range(30)
+            ]
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                answers += pool.map(lambda body: http.post("/users/", json=body), creates)
+    stored = names(engine)
+    created = sorted(answer.json()["username"] for answer in answers if answer.status_code == 201)
+    print(f"\n{engine.dialect.name}: {len(created)} creates answered 201; users stored: {stored}")
+    assert [name for name in stored if name.startswith("abandoned")] == []
+    assert stored == created
+
+
+# --- Wherever FastAPI resolves a dependency ---------------------------------------------------
+@pytest.fixture
+def tables(engine):
+    """A first normal run has created the tables; what follows runs without the lifespan."""
+    with TestClient(main.app):
+        pass
+    return engine
+
+
+def test_mounted_in_a_bigger_app_the_routes_answer(tables, rows):
+    parent = FastAPI()
+    parent.mount("/api", main.app)  # FastAPI's "Sub Applications - Mounts": no sub-app lifespan
+    with TestClient(parent) as client:
+        created = client.post("/api/users/", json=ADA)
+        listed = client.get("/api/users/")
+    assert created.status_code == 201, created.text
+    assert listed.json() == [created.json()]
+    assert rows() == [(created.json()["id"], "ada", "ada@example.com")]
+
+
+def test_testclient_without_with_answers(tables, rows):
+    client = TestClient(main.app)  # the pattern of FastAPI's testing tutorial
+    created = client.post("/users/", json=ADA)
+    assert created.status_code == 201, created.text
+    assert client.get(f"/users/{created.json()['id']}").json() == created.json()
+    assert [row[1] for row in rows()] == ["ada"]
+
+
+def test_a_websocket_route_takes_the_session_from_the_dependency(tables, client):
+    client.post("/users/", json=ADA)
+    sockets = FastAPI()
+
+    @sockets.websocket("/count")
+    async def count_users(websocket: WebSocket, session: main.SessionDep) -> None:
+        await websocket.accept()
+        await websocket.send_json({"users": session.scalar(select(func.count(main.UserTable.id)))})
+        await websocket.close()
+
+    with TestClient(sockets).websocket_connect("/count") as websocket:
+        assert websocket.receive_json() == {"users": 1}
+
+
+# --- The session and its turn go before the answer is sent -----------------------------------
+async def ask(app, scope: dict) -> int:
+    """Sends one bodiless request straight to an ASGI app, returns the status code."""
+    statuses: list[int] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+def test_the_session_and_its_turn_are_released_before_the_answer_is_sent(engine, monkeypatch):
+    # One turn only. While the list is being sent (a slow client keeps it there as long as it
+    # likes), another request needs that turn.
+    monkeypatch.setattr(main.settings, "db_pool_size", 1)
+    seen: dict = {}
+
+    async def app_watching_the_send(scope, receive, send):
+        async def send_and_look(message: dict) -> None:
+            if message["type"] == "http.response.start" and scope["path"] == "/users/":
+                seen["checked_out"] = engine.pool.checkedout()
+                other = {**scope, "method": "GET", "path": "/users/1", "raw_path": b"/users/1"}
+                started = time.monotonic()
+                with anyio.fail_after(30):
+                    seen["other"] = await ask(main.app, {**other, "query_string": b""})
+                seen["other_seconds"] = time.monotonic() - started
+            await send(message)
+
+        await main.app(scope, receive, send_and_look)
+
+    with TestClient(app_watching_the_send) as client:
+        assert client.post("/users/", json=ADA).status_code == 201
+        assert client.get("/users/").status_code == 200
+    print(f"\nwhile the list was sent: {seen}")
+    assert seen["checked_out"] == 0, "the list's session still held its connection"
+    assert seen["other"] == 200 and seen["other_seconds"] < 1
+
+
+# --- A deadlock on a route that takes a form, or a file ---------------------------------------
+FORM_ROUTES = """
+
+# --- Added by a learner: a sign-up form, as FastAPI's security tutorial's login takes one ----
+from typing import Annotated
+
+from fastapi import File, Form, UploadFile
+
+
+@app.post("/learner/signup-form", status_code=201)
+def learner_signup_form(
+    username: Annotated[str, Form()], email: Annotated[str, Form()], session: SessionDep
+) -> UserOutput:
+    new_user = UserTable(username=username, email=email)
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+
+
+@app.post("/learner/signup-with-avatar", status_code=201, max_body_size=4 * 1024 * 1024)
+def learner_signup_with_avatar(
+    username: Annotated[str, Form()], avatar: Annotated[UploadFile, File()], session: SessionDep
+) -> UserOutput:
+    new_user = UserTable(username=username, email=f"{len(avatar.file.read())}@example.com")
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+
+
+@pytest.mark.parametrize("kind", ["form", "multipart", "large multipart"])
+def test_a_deadlock_on_a_form_route_runs_it_again_or_answers_busy(mysql_engine, tmp_path, kind):
+    # InnoDB's textbook deadlock (tests/test_database_errors.py), met by a route that reads a
+    # form: the victim runs again with the same body, meets the winner's row and gets its 409.
+    # A body over the 1 MiB the app keeps for a second run answers 503 busy instead.
+    need("python_multipart")  # which FastAPI needs for Form() and File()
+    app = learner_app(tmp_path, FORM_ROUTES)
+    if kind == "form":
+        path, send = "/learner/signup-form", {"data": {"username": "x", "email": "a@e.com"}}
+    else:
+        size = 3000 if kind == "multipart" else 1_500_000
+        avatar = {"avatar": ("avatar.png", b"\x89PNG" + b"\x00" * size, "image/png")}
+        path, send = "/learner/signup-with-avatar", {"data": {"username": "x"}, "files": avatar}
+    server = UvicornServer(url_of(mysql_engine), cwd=app)
+    with server.wait_started(), server.client() as http:
+        holder = mysql_engine.connect()
+        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            waiting = [pool.submit(http.post, path, **send) for _ in range(2)]
+            time.sleep(0.5)  # both INSERTs now wait for the holder's lock
+            holder.rollback()
+            holder.close()
+            responses = [future.result() for future in waiting]
+    answers = sorted(
+        (response.status_code, response.json().get("detail")) for response in responses
+    )
+    print(f"\n{kind}: {answers}; {[line for line in server.lines if 'Deadlock' in line]}")
+    assert names(mysql_engine) == ["x"]
+    if kind == "large multipart":
+        assert answers == [(201, None), (503, "Database busy, try again")]
+        assert server.count("running it again") == 0
+    else:
+        assert answers == [(201, None), (409, "Username already taken")]
+        assert server.count("running it again") == 1
