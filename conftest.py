@@ -32,13 +32,14 @@ def need(tool: str) -> ModuleType:
 def make_engine(backend: str, tmp_path) -> Engine:
     """An engine built as main.py builds db_engine (its own functions: no copy of an option),
     on an empty schema: a new SQLite file, or the MySQL test database emptied."""
-    if backend == "sqlite":
-        return main.limit_waits(main.create_db_engine(f"sqlite:///{tmp_path}/test.db"))
-    if not MYSQL_URL:
+    if backend == "mysql" and not MYSQL_URL:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
         pytest.skip(MYSQL_SKIPPED)
-    return emptied(main.limit_waits(main.create_db_engine(MYSQL_URL)))
+    url = MYSQL_URL if backend == "mysql" else f"sqlite:///{tmp_path}/test.db"
+    test_engine = main.create_db_engine(url)
+    main.limit_waits(test_engine)  # both, as main.py does for db_engine
+    return emptied(test_engine)
 
 
 def emptied(engine: Engine) -> Engine:

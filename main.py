@@ -1,5 +1,4 @@
-"""FastAPI + SQLAlchemy + MySQL: part 1 the tutorial, part 2 more CRUD, part 3 a real service."""
-
+# FastAPI + SQLAlchemy + MySQL, in three parts: 1 the tutorial, 2 more CRUD, 3 a real service.
 # === Part 1: the tutorial, sections 3 to 8 in its order =====================================
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,15 +13,15 @@ from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 
 
 # --- Section 3: the database URL, the engine and the model ----------------------------------
-class Settings(BaseSettings):  # from the environment, else from .env; a bad value stops the app
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-    database_url: str = "sqlite:///./app.db"  # no MySQL needed to start: an SQLite file
+class Settings(BaseSettings):  # read from the environment, else from a .env file (.env.example)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")  # .env may hold others'
+    database_url: str = "sqlite:///./app.db"  # the tutorial's DB_URL; SQLite needs no server
     sql_echo: bool = False  # true: print every SQL statement the app sends
-    db_pool_size: int = Field(4, ge=1)  # connections each worker process keeps open
-    db_timeout: float = Field(10, ge=4)  # seconds a request waits for the database at most
+    db_pool_size: int = Field(4, ge=1)  # connections kept open per worker process; ge: at least
+    db_timeout: float = Field(10, ge=4)  # seconds a request may wait for the database (part 3)
 
 
-settings = Settings()
+settings = Settings()  # a bad value stops the app here, with a message that names the setting
 
 
 def create_db_engine(database_url: str) -> Engine:  # the tests build their engines here too
@@ -31,18 +30,17 @@ def create_db_engine(database_url: str) -> Engine:  # the tests build their engi
         echo=settings.sql_echo,
         pool_size=settings.db_pool_size,
         pool_pre_ping=True,  # a server restarts, a network drops: test a connection before use
-        pool_recycle=3600,  # MySQL closes a connection idle for 8 hours: renew ours sooner
+        pool_recycle=3600,  # MySQL closes connections idle for 8 hours: renew ours every hour
     )
 
 
 db_engine = create_db_engine(settings.database_url)
 
-# Alembic's naming convention: a constraint has the same name on every database, so that a
-# migration can name the one it changes (README: Changing the schema).
+# Alembic (README: Changing the schema) needs each constraint named alike on every database.
 naming_convention = {
     "pk": "pk_%(table_name)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ix": "ix_%(column_0_label)s",
+    "ix": "ix_%(column_0_label)s",  # a column's label: its table's name, then its own
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 BaseModelClass = declarative_base(metadata=MetaData(naming_convention=naming_convention))
@@ -53,17 +51,18 @@ class UserTable(BaseModelClass):
     # utf8mb4: any Unicode, emoji too. utf8mb4_bin: exact, as SQLite (MySQL's default: "A" = "a").
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-    # A primary key and a UNIQUE column are indexed already: index=True would add a duplicate.
+    # SQLAlchemy 2's typed Column(...). A key or a UNIQUE column has its index: no index=True.
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(50), unique=True)
     email: Mapped[str] = mapped_column(String(120))
 
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
-# A username: 1 to 50 characters, as the column; no whitespace at either end, no control
-# characters. The examples fill the form of "Try it out" in /docs.
-visible_text = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
-Username = Annotated[str, Field(min_length=1, max_length=50, pattern=visible_text)]
+# Annotated: a type with its rules, written once for UserInput and UserPatch (part 2). A name:
+# 1 to 50 characters, as the column, no whitespace at either end, no control characters. The
+# examples fill the form of /docs, the page where you try the API (README: Quick start).
+name_pattern = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+Username = Annotated[str, Field(min_length=1, max_length=50, pattern=name_pattern)]
 Email = Annotated[EmailStr, Field(max_length=120)]
 
 
@@ -72,39 +71,35 @@ class UserInput(BaseModel):
     email: Email = Field(examples=["ada@example.com"])
 
 
-class UserOutput(BaseModel):
+class UserOutput(BaseModel):  # what a client gets back: the tutorial's dict, as a model
     model_config = ConfigDict(from_attributes=True)  # model_validate() reads a UserTable row
     id: int
     username: str
     email: str
 
 
-class Message(BaseModel):  # an error answer, as /docs shows it: {"detail": "..."}
-    detail: str
-
-
 # --- Section 4.2: one Session per request, always closed ------------------------------------
 async def get_session() -> AsyncIterator[Session]:
     # For a route of your own: a plain `def` route (FastAPI runs it in a thread, so its SQL
-    # never blocks other requests) that takes `session: SessionDep`, or the tutorial's
-    # `Depends(get_session)`. A deadlock before its first commit() runs the request once more
-    # (part 3): call other services (e-mail, payments) after commit(), not before.
-    with Session(db_engine, expire_on_commit=False) as session:  # what we wrote stays readable
-        async with database_turn(session):  # part 3: one request per connection at a time
+    # never blocks other requests) taking `session: SessionDep`, or the tutorial's
+    # `Depends(get_session)`. Call other services (e-mail, payments) after commit(): a request
+    # that loses a deadlock before it has committed is run once more, whole (part 3).
+    with Session(db_engine, expire_on_commit=False) as session:  # readable after commit()
+        # async: it waits on the event loop, not in a thread, for one of DB_POOL_SIZE turns.
+        async with database_turn(session):  # part 3: a turn comes with a free connection
             yield session
 
 
-# "function": the session closes when the route returns, before the answer is sent.
+# "function": closed when the route returns, before a slow client reads the answer.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 # --- Section 5: the application -------------------------------------------------------------
-@asynccontextmanager
+@asynccontextmanager  # turns the function below into the `with` block FastAPI wraps around it
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # FastAPI runs this once: the part before `yield` at startup, the rest at shutdown.
-    prepare_database()  # part 3: waits for the database, then create_tables() (section 5.1)
-    yield
-    db_engine.dispose()  # close our connections: the server logs no "Aborted connection"
+    prepare_database()  # at startup (part 3): wait for the database, then create_tables()
+    yield  # the app serves requests here
+    db_engine.dispose()  # at shutdown: close our connections, so the server logs no error
 
 
 # FastAPI, with /docs served by the app itself (no CDN, works offline).
@@ -113,12 +108,11 @@ app = FastAPIOffline(
     description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
     lifespan=lifespan,
     max_body_size=64 * 1024,  # a user is a few hundred bytes: a larger body is refused unread
-    # An answer any route may give, listed in /docs: the database is unavailable or busy.
-    responses={503: {"model": Message, "description": "Database unavailable or busy"}},
+    responses={503: {"description": "Database unavailable or busy"}},  # for /docs, on any route
 )
 
 
-@app.get("/", tags=["hello"])
+@app.get("/")
 def read_root() -> dict[str, str]:
     return {"message": "Hello, World!"}
 
@@ -129,23 +123,17 @@ def create_tables() -> None:  # creates the tables that are missing, never chang
 
 
 # --- Section 8: create a user, approach A (the session comes from the dependency) -----------
-@app.post(
-    "/users/",
-    status_code=status.HTTP_201_CREATED,
-    responses={400: {"model": Message}, 409: {"model": Message}},  # body not JSON, name taken
-    tags=["users"],
-)
+# status_code: 201 Created, for a new row. responses: the other answers /docs lists.
+@app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
 def create_user(user: UserInput, session: SessionDep) -> UserOutput:
-    """Create a user. A username that is already taken answers 409."""
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()  # a taken username: the unique index says no, and part 3 answers 409
-    return UserOutput.model_validate(new_user)
+    return UserOutput.model_validate(new_user)  # the new id is there: no refresh() needed
 
 
 # === Part 2: more CRUD =======================================================================
 from fastapi import HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
@@ -157,7 +145,7 @@ class UserPatch(TypedDict, total=False):  # a field may be left out, but not be 
 
 
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the id column is a 32-bit INT
-not_found = {404: {"model": Message, "description": "User not found"}}
+not_found = {404: {"description": "User not found"}}
 
 
 def get_user_or_404(session: Session, user_id: int) -> UserTable:
@@ -167,26 +155,19 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
     return user
 
 
-@app.get("/users/", tags=["users"])
+@app.get("/users/")
 def read_users(
     session: SessionDep,
     request: Request,
     response: Response,
-    after_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-    skip: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,  # no table has more rows
+    after_id: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # no table has more rows
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> list[UserOutput]:
     """Users in id order: page with **`after_id`** (next page: the `Link` header), or `skip`."""
-    if skip is not None and after_id is not None:  # a 422 in FastAPI's own shape, as for any query
-        message, where = "Use skip or after_id, not both", ("query", "after_id")
-        problem = {"type": "value_error", "loc": where, "msg": message, "input": after_id}
-        raise RequestValidationError([problem])
-    query = select(UserTable).order_by(UserTable.id).limit(limit + 1)  # one more: is there a next?
-    if after_id is not None:
-        query = query.where(UserTable.id > after_id)  # the primary key's index finds the start
-    else:
-        query = query.offset(skip or 0)
-    users = list(session.scalars(query))
+    # after_id: the primary key's index finds the start. skip: rows read, then thrown away.
+    query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)
+    users = list(session.scalars(query.offset(skip).limit(limit + 1)))  # one more: a next page?
     if len(users) > limit:
         users.pop()
         # A relative link (RFC 8288): never built from the Host header, which the client chose.
@@ -196,16 +177,12 @@ def read_users(
     return [UserOutput.model_validate(user) for user in users]
 
 
-@app.get("/users/{user_id}", responses=not_found, tags=["users"])
+@app.get("/users/{user_id}", responses=not_found)
 def read_user(user_id: UserId, session: SessionDep) -> UserOutput:
     return UserOutput.model_validate(get_user_or_404(session, user_id))
 
 
-@app.patch(
-    "/users/{user_id}",
-    responses={**not_found, 400: {"model": Message}, 409: {"model": Message}},
-    tags=["users"],
-)
+@app.patch("/users/{user_id}", responses={**not_found, 400: {}, 409: {}})
 def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:
     """Change the fields you send; leave a field out to keep it."""
     user = get_user_or_404(session, user_id)
@@ -218,7 +195,7 @@ def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> Use
     return UserOutput.model_validate(user)
 
 
-@app.delete("/users/{user_id}", status_code=204, responses=not_found, tags=["users"])
+@app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=not_found)
 def delete_user(user_id: UserId, session: SessionDep) -> None:
     # One DELETE that counts the rows it removed: no SELECT first, no race with another DELETE.
     deleted = session.execute(delete(UserTable).where(UserTable.id == user_id)).rowcount
@@ -239,123 +216,111 @@ from alembic.script import ScriptDirectory
 from anyio.lowlevel import RunVar
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import Dialect, event, inspect
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy import Dialect, event, exc, inspect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
-# The longest one wait for the database may take: half of DB_TIMEOUT, since a request may
-# wait twice (for the ping of a pooled connection that died, then for a new connection).
-WAIT_SECONDS = settings.db_timeout / 2
+WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
+STARTUP_WAIT_SECONDS = 15  # a database still starting (a reboot, a compose file): try this long
+# Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
+# connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement.
+UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
+BUSY_CODES = {1213, 1205, 1969, 3024, "SQLITE_BUSY"}
+UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
+REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
+# database_turn() notes on a database error whether get_session's session had committed.
+NOTHING_COMMITTED, COMMITTED = "nothing committed yet", "the request had committed already"
+turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
 
 
 # --- Bounded waits: PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s ---------
-def limit_waits(engine: Engine) -> Engine:  # db_engine's, and the tests' engines (conftest.py)
+def limit_waits(engine: Engine) -> None:  # db_engine's, and the tests' engines (conftest.py)
     @event.listens_for(engine, "do_connect")
-    def add_timeouts(dialect: Dialect, record: object, args: list, options: dict) -> None:
+    def add_limits(dialect: Dialect, record: object, args: list, options: dict) -> None:
         if dialect.name == "sqlite":  # another writer holds the file: wait this long
             options["timeout"] = WAIT_SECONDS
-        else:  # to connect, and for each answer: a stalled server must not hang a request
-            for timeout in ("connect_timeout", "read_timeout", "write_timeout"):
-                options[timeout] = WAIT_SECONDS
-
-    # The server ends a lock wait or a statement a second before we would give up: its error
-    # then answers 503 busy, and nothing of ours keeps running there.
-    @event.listens_for(engine, "connect")
-    def set_up(dbapi_connection: sqlite3.Connection, record: object) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):  # SQLite obeys foreign keys only
-            dbapi_connection.execute("PRAGMA foreign_keys = ON")  # if asked
             return
+        for timeout in ("connect_timeout", "read_timeout", "write_timeout"):
+            options[timeout] = WAIT_SECONDS  # a stalled server must not hang a request
+        # The server ends a lock wait or a statement a second before we give up (503 busy, and
+        # nothing of ours keeps running). /*M! is read by MariaDB only, /*!50708 by MySQL only.
         seconds = WAIT_SECONDS - 1
-        statement = f"max_execution_time = {seconds * 1000:.0f}"  # MySQL: a SELECT's, in ms
-        if "MariaDB" in dbapi_connection.get_server_info():
-            statement = f"max_statement_time = {seconds}"  # MariaDB: any statement's
-        with dbapi_connection.cursor() as cursor:  # a row lock, a table lock, a statement
-            locks = f"innodb_lock_wait_timeout = {seconds:.0f}, lock_wait_timeout = {seconds:.0f}"
-            cursor.execute(f"SET SESSION {locks}, {statement}")
+        locks = f"innodb_lock_wait_timeout = {seconds:.0f}, lock_wait_timeout = {seconds:.0f}"
+        mariadb, mysql = f"max_statement_time = {seconds}", f"max_execution_time = {seconds:.0f}000"
+        options["init_command"] = f"SET SESSION {locks} /*M!, {mariadb} */ /*!50708 , {mysql} */"
 
-    return engine
+    @event.listens_for(engine, "connect")
+    def enforce_foreign_keys(dbapi_connection: sqlite3.Connection, record: object) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):  # SQLite obeys them only if asked
+            dbapi_connection.execute("PRAGMA foreign_keys = ON")
 
 
 limit_waits(db_engine)
 
 
 # --- Turns: at most DB_POOL_SIZE sessions at once -------------------------------------------
-# A read route's session keeps its connection until it closes, after FastAPI has checked the
-# answer in another thread: with more sessions than connections, threads would wait for
-# connections held by requests that wait for threads. A turn comes with a free connection.
-turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
-# What database_turn() notes on a database error, for database_error(): may it run again?
-NOTHING_COMMITTED, COMMITTED = "nothing committed yet", "the request had committed already"
-
-
+# A read's session keeps its connection until FastAPI, in another thread, has checked the
+# answer: with more sessions than connections, threads would wait for connections held by
+# requests that wait for threads. A turn, awaited on the event loop, comes with a connection.
 @asynccontextmanager
 async def database_turn(session: Session) -> AsyncIterator[None]:
     if (turns := turns_of_this_loop.get(None)) is None:
         turns_of_this_loop.set(turns := anyio.Semaphore(settings.db_pool_size))
     try:
-        with anyio.fail_after(WAIT_SECONDS):  # waited for on the event loop, not in a thread
+        with anyio.fail_after(WAIT_SECONDS):
             await turns.acquire()
     except TimeoutError:  # every turn is taken: the app's own limit, not the database
         logger.warning("No database turn free in %g s: answered 503 busy", WAIT_SECONDS)
         raise HTTPException(503, "Database busy, try again", {"Retry-After": "1"}) from None
-    event.listen(session, "after_commit", remember_commit)
+
+    @event.listens_for(session, "after_commit")
+    def remember_commit(session: Session) -> None:
+        session.info["committed"] = True
+
     try:
         yield
-    except DBAPIError as error:
+    except exc.DBAPIError as error:
         error.add_note(COMMITTED if session.info.get("committed") else NOTHING_COMMITTED)
         raise
-    finally:  # closed before the next request gets the turn
-        try:
-            if session.in_transaction():  # after a read: a ROLLBACK, which waits for the server
-                await run_in_threadpool(session.close)
-            else:  # after a commit, closing sends nothing
-                session.close()
-        except DBAPIError as error:  # the connection died: the server rolls back by itself
-            logger.warning("Closing a session: %s", describe(error))
+    finally:  # closed before the next request's turn; after a read closing sends a ROLLBACK,
+        try:  # which waits for the server: in a thread. After a commit it sends nothing.
+            await run_in_threadpool(session.close) if session.in_transaction() else session.close()
+        except exc.DBAPIError as error:  # the connection died: the server rolls back by itself
+            logger.warning("Closing a session: %s", error.orig)
         finally:
             turns.release()
 
 
-def remember_commit(session: Session) -> None:
-    session.info["committed"] = True
-
-
 # --- A deadlock: the request runs once more, unless it has committed something --------------
-# MySQL breaks a deadlock (Galera, a clash of nodes' writes) by undoing one transaction: run
-# again, it meets the winner's rows, and a racing create gets its 409. Not after a commit: that
-# part would be written twice (database_error() answers 500).
+# MySQL (or Galera, for a clash of nodes' writes) undoes one transaction of a deadlock: run again,
+# it meets the winner's rows. After a commit that part would be written twice: then a 500.
 class RunAgain(Exception):
     pass
 
 
-KEPT_BODY_BYTES = 1024 * 1024  # a larger body is not kept: its deadlock answers 503 busy
-
-
-def run_again_after_deadlock(app: ASGIApp) -> ASGIApp:
+def run_again_after_deadlock(inner: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        scope["can_run_again"], body = True, []  # the body, as the route read it: replayed
+        as_it_came, body = dict(scope), []  # a second run gets these: the scope, the body read
+        scope["can_run_again"] = True
 
         async def receive_and_keep() -> dict:
             message = await receive()
             if message["type"] == "http.request" and scope["can_run_again"]:
-                body.append(message)
-                if sum(len(kept.get("body", b"")) for kept in body) > KEPT_BODY_BYTES:
-                    scope["can_run_again"], body[:] = False, []
+                body.append(message)  # over the app's limit, Starlette refuses a second run
+                kept = sum(len(part.get("body", b"")) for part in body)
+                scope["can_run_again"] = kept <= app.max_body_size
             return message
 
         try:
-            return await app(scope, receive_and_keep, send)
+            return await inner(scope, receive_and_keep, send)
         except RunAgain:
             replay = iter(body)
 
         async def receive_again() -> dict:  # the same body, then what the client sends
             return next(replay, None) or await receive()
 
-        await app({**scope, "can_run_again": False}, receive_again, send)
+        await inner({**as_it_came, "can_run_again": False}, receive_again, send)
 
     return middleware
 
@@ -364,47 +329,35 @@ app.add_middleware(run_again_after_deadlock)
 
 
 # --- Database errors: an honest answer for each, the real cause in the log -------------------
-# Refused, gone, lost, too many connections, shutting down; Galera without quorum (1047, 1180).
-UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
-# A deadlock (on Galera, also a lost clash), a lock held too long, a statement too long.
-BUSY_CODES = {1213, 1205, 1969, 3024, "SQLITE_BUSY"}
-UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
-CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # foreign keys
-
-
 def driver_code(error: Exception) -> int | str | None:  # MySQL's number, SQLite's name
     cause = getattr(error, "orig", None)  # none: the pool had no free connection
     return cause and (getattr(cause, "sqlite_errorname", None) or cause.args[0])
 
 
-def describe(error: Exception) -> str:  # for the log: the driver's words, never the SQL
-    cause = getattr(error, "orig", error)
-    return f"{type(cause).__name__} ({driver_code(error)}) {cause.args[-1]}"
-
-
-@app.exception_handler(DBAPIError)
-@app.exception_handler(PoolTimeoutError)
+@app.exception_handler(exc.DBAPIError)
+@app.exception_handler(exc.TimeoutError)  # the pool's
 async def database_error(request: Request, error: Exception) -> JSONResponse:
-    code, cause, where = driver_code(error), describe(error), f"{request.method} {request.url.path}"
+    code, where = driver_code(error), f"{request.method} {request.url.path}"
+    cause = f"{type(error).__name__} ({code}) {getattr(error, 'orig', error).args[-1]}"  # no SQL
     notes = getattr(error, "__notes__", [])  # database_turn()'s: none for a session of yours
     if code == 1213 and NOTHING_COMMITTED in notes and request.scope.get("can_run_again"):
         logger.warning("Database error on %s, running it again: %s", where, cause)
         raise RunAgain  # run_again_after_deadlock() runs the request a second time
-    # A taken username (the message ends with users.username, or 'uq_users_username'): the
-    # unique index decides, not a SELECT first, which two racing requests would both pass.
-    if isinstance(error, IntegrityError) and code in UNIQUE_CODES and "username" in cause[-20:]:
+    # A taken username: the unique index decides, not a SELECT first, which races would pass.
+    conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
+    if conflict and "username" in cause[-20:]:
         return JSONResponse({"detail": "Username already taken"}, status.HTTP_409_CONFLICT)
-    retry_after = None
-    if isinstance(error, IntegrityError) and code in CONFLICT_CODES:  # another rule: a bug
+    if conflict:  # another rule: a bug, logged
         status_code, detail = 409, "Conflicts with existing data"
-    elif (code in BUSY_CODES and COMMITTED not in notes) or isinstance(error, PoolTimeoutError):
-        status_code, detail, retry_after = 503, "Database busy, try again", "1"  # send it again
+    elif (code in BUSY_CODES and COMMITTED not in notes) or isinstance(error, exc.TimeoutError):
+        status_code, detail = 503, "Database busy, try again"  # sent again, it is likely to work
     elif code in UNAVAILABLE_CODES or error.connection_invalidated:
-        status_code, detail, retry_after = 503, "Database unavailable", "5"
+        status_code, detail = 503, "Database unavailable"
     else:  # the schema and the model disagree, a bug, or busy after a commit: see the log
         status_code, detail = 500, "Internal Server Error"
         cause += f"; not run again: {COMMITTED}" if COMMITTED in notes else ""
     logger.error("Database error on %s, answered %s %s: %s", where, status_code, detail, cause)
+    retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
     headers = {"Retry-After": retry_after} if retry_after else None
     return JSONResponse({"detail": detail}, status_code, headers=headers)
 
@@ -418,62 +371,50 @@ async def livez() -> dict[str, str]:
 
 @app.get("/readyz", tags=["health"])
 def readyz(session: SessionDep) -> dict[str, str]:
-    """The users table answers a read within DB_TIMEOUT: send this app traffic."""
-    # A table, not `SELECT 1`, which a Galera node without quorum still answers.
-    session.scalar(select(UserTable.id).limit(1))  # a database error answers 503
+    """A table answers within DB_TIMEOUT: send traffic. (`SELECT 1` passes without quorum.)"""
+    session.scalar(select(UserTable.id).limit(1))
     return {"status": "ready"}
 
 
 # --- Startup: wait for the database, create the tables, tell Alembic ------------------------
-STARTUP_WAIT_SECONDS = 15  # a database still starting (a reboot, compose): tries this long
-REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # a login, a name: no use waiting
-
-
 def prepare_database() -> None:
     url = db_engine.url.render_as_string(hide_password=True)
     logger.info("Database: %s", url)
     deadline, pause = time.monotonic() + STARTUP_WAIT_SECONDS, 0.25
     while True:  # workers starting together may also meet here: each tries again
         try:
-            create_managed_tables()
-            return check_tables()
-        except (OperationalError, IntegrityError) as error:
+            return prepare_tables()
+        except (exc.OperationalError, exc.IntegrityError) as error:
             if driver_code(error) in REFUSED_AT_ONCE or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {error.orig}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
-            logger.warning("Database not ready (%s): again in %.2f s", describe(error), pause)
+            logger.warning("Database not ready (%s): again in %.2f s", error.orig, pause)
             time.sleep(min(pause, left))
             pause *= 2
 
 
-def create_managed_tables() -> None:
-    # Alembic manages a database once it has its alembic_version table: create_all leaves it
-    # alone. Tables that create_all makes from nothing are what the newest revision describes.
+def prepare_tables() -> None:
+    # Alembic manages a database with an alembic_version table: create_all leaves it alone.
     database = inspect(db_engine)
-    if database.has_table("alembic_version"):
-        return
-    none_yet = not any(map(database.has_table, BaseModelClass.metadata.tables))
-    create_tables()
-    migrations = pathlib.Path(__file__).with_name("migrations")  # none beside a copied main.py
-    if none_yet and migrations.is_dir():
-        with db_engine.begin() as connection:
-            MigrationContext.configure(connection).stamp(ScriptDirectory(str(migrations)), "head")
-
-
-def check_tables() -> None:
+    if not database.has_table("alembic_version"):
+        none_yet = not any(map(database.has_table, BaseModelClass.metadata.tables))
+        create_tables()
+        migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py alone
+        if none_yet and migrations.is_dir():  # made from nothing: the newest revision's tables
+            with db_engine.begin() as connection:
+                context = MigrationContext.configure(connection)
+                context.stamp(ScriptDirectory(str(migrations)), "head")
     # create_all never changes a table that exists: stop if one lacks what the models declare.
     database = inspect(db_engine)
     for table in BaseModelClass.metadata.sorted_tables:
-        if not database.has_table(table.name):
-            problem = "is missing"
-        else:
-            existing = {column["name"] for column in database.get_columns(table.name)}
-            missing = [repr(column.name) for column in table.columns if column.name not in existing]
-            if not missing:
-                continue
-            problem = f"has no column {', '.join(missing)}"
-        raise RuntimeError(
-            f"Table '{table.name}' {problem}, which the models declare. Unless a revision has"
-            ' it already, write one: `alembic revision --autogenerate -m "..."`; then run'
-            " `alembic upgrade head` (README: Changing the schema)."
-        )
+        there = database.has_table(table.name)
+        existing = {column["name"] for column in database.get_columns(table.name)} if there else ()
+        if missing := [
+            repr(column.name) for column in table.columns if column.name not in existing
+        ]:
+            problem = f"has no column {', '.join(missing)}" if there else "is missing"
+            raise RuntimeError(
+                f"Table '{table.name}' {problem}, which the models declare. If no revision has"
+                ' it yet, write one (`alembic revision --autogenerate -m "..."`), then run'
+                " `alembic upgrade head` (README: Changing the schema)."
+            )

@@ -30,7 +30,7 @@ def by_username(src: str) -> str:
         READ_USER,
         '''
 
-@app.get("/users/by-username/{username}", responses=not_found, tags=["users"])
+@app.get("/users/by-username/{username}", responses=not_found)
 def read_user_by_username(username: str, session: SessionDep) -> UserOutput:
     """Read one user by exact username."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))
@@ -124,8 +124,7 @@ class PostOutput(BaseModel):
 @app.post(
     "/users/{user_id}/posts",
     status_code=status.HTTP_201_CREATED,
-    responses={**not_found, 400: {"model": Message}},
-    tags=["posts"],
+    responses={**not_found, 400: {}},
 )
 def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostOutput:
     """Write a post for a user."""
@@ -136,7 +135,7 @@ def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostOu
     return PostOutput.model_validate(new_post)
 
 
-@app.get("/users/{user_id}/posts", responses=not_found, tags=["posts"])
+@app.get("/users/{user_id}/posts", responses=not_found)
 def read_posts(user_id: UserId, session: SessionDep) -> list[PostOutput]:
     """A user's posts, oldest first: in the order they were written, which is id order."""
     return [PostOutput.model_validate(post) for post in get_user_or_404(session, user_id).posts]
@@ -155,7 +154,7 @@ def domain_filter(src: str) -> str:
     )
     return after(
         src,
-        "        query = query.offset(skip or 0)\n",
+        "    query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)\n",
         """    if domain:
         # EmailStr stores the domain in lower case; autoescape makes % and _ plain characters.
         query = query.where(UserTable.email.endswith("@" + domain.lower(), autoescape=True))
