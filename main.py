@@ -1,12 +1,12 @@
-# FastAPI + SQLAlchemy + MySQL, in three parts: 1 the tutorial, 2 more CRUD, 3 a real service.
-# === Part 1: the tutorial, sections 3 to 8 in its order =====================================
+# === Part 1 of 3: the tutorial, sections 3 to 8 in its order (2: more CRUD, 3: a real service)
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, status
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine, MetaData, String, create_engine
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
@@ -36,8 +36,7 @@ def create_db_engine(database_url: str) -> Engine:  # the tests build their engi
 
 db_engine = create_db_engine(settings.database_url)
 
-# Alembic (README: Changing the schema) needs each constraint named alike on every database.
-naming_convention = {
+naming_convention = {  # Alembic (README: Changing the schema) needs constraints named alike
     "pk": "pk_%(table_name)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "ix": "ix_%(column_0_label)s",  # a column's label: its table's name, then its own
@@ -58,15 +57,23 @@ class UserTable(BaseModelClass):
 
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
-# Annotated: a type with its rules, written once for UserInput and UserPatch (part 2). A name:
-# 1 to 50 characters, as the column, no whitespace at either end, no control characters. The
-# examples fill the form of /docs, the page where you try the API (README: Quick start).
+def one_spelling(name: str) -> str:  # a username is text, not code points (README: Usernames)
+    name = unicodedata.normalize("NFKC", name)  # é, or e and an accent; ﬁ or fi: one spelling
+    hidden = [f"U+{ord(c):04X}" for c in name if unicodedata.category(c) == "Cf"]
+    if set(hidden) - {"U+200C", "U+200D"}:  # those two join emoji and letters in some scripts
+        raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
+    return name
+
+
+# Annotated: a type with its rules, for UserInput and UserPatch (part 2): 200 characters as sent
+# at most (folding costs time), then 1 to 50, no space at either end, no control characters.
 name_pattern = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
-Username = Annotated[str, Field(min_length=1, max_length=50, pattern=name_pattern)]
+FoldedName = Annotated[str, Field(max_length=200), AfterValidator(one_spelling)]
+Username = Annotated[FoldedName, Field(min_length=1, max_length=50, pattern=name_pattern)]
 Email = Annotated[EmailStr, Field(max_length=120)]
 
 
-class UserInput(BaseModel):
+class UserInput(BaseModel):  # the examples fill the form of /docs, where you try the API
     username: Username = Field(examples=["ada"])
     email: Email = Field(examples=["ada@example.com"])
 
@@ -90,8 +97,7 @@ async def get_session() -> AsyncIterator[Session]:
             yield session
 
 
-# "function": closed when the route returns, before a slow client reads the answer.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]  # closed before sending
 
 
 # --- Section 5: the application -------------------------------------------------------------
@@ -102,8 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     db_engine.dispose()  # at shutdown: close our connections, so the server logs no error
 
 
-# FastAPI, with /docs served by the app itself (no CDN, works offline).
-app = FastAPIOffline(
+app = FastAPIOffline(  # FastAPI, with /docs served by the app itself: no CDN, works offline
     title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
     description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
     lifespan=lifespan,
@@ -207,7 +212,6 @@ def delete_user(user_id: UserId, session: SessionDep) -> None:
 # === Part 3: what a real service adds =======================================================
 import logging
 import pathlib
-import sqlite3
 import time
 
 import anyio
@@ -221,7 +225,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
-STARTUP_WAIT_SECONDS = 15  # a database still starting (a reboot, a compose file): try this long
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
 # connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement.
 UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
@@ -237,10 +240,12 @@ turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uv
 # --- Bounded waits: PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s ---------
 def limit_waits(engine: Engine) -> None:  # db_engine's, and the tests' engines (conftest.py)
     @event.listens_for(engine, "do_connect")
-    def add_limits(dialect: Dialect, record: object, args: list, options: dict) -> None:
+    def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
         if dialect.name == "sqlite":  # another writer holds the file: wait this long
             options["timeout"] = WAIT_SECONDS
-            return
+            connection = dialect.connect(*args, **options)
+            connection.execute("PRAGMA foreign_keys = ON")  # SQLite obeys them only if asked
+            return connection
         for timeout in ("connect_timeout", "read_timeout", "write_timeout"):
             options[timeout] = WAIT_SECONDS  # a stalled server must not hang a request
         # The server ends a lock wait or a statement a second before we give up (503 busy, and
@@ -249,11 +254,6 @@ def limit_waits(engine: Engine) -> None:  # db_engine's, and the tests' engines 
         locks = f"innodb_lock_wait_timeout = {seconds:.0f}, lock_wait_timeout = {seconds:.0f}"
         mariadb, mysql = f"max_statement_time = {seconds}", f"max_execution_time = {seconds:.0f}000"
         options["init_command"] = f"SET SESSION {locks} /*M!, {mariadb} */ /*!50708 , {mysql} */"
-
-    @event.listens_for(engine, "connect")
-    def enforce_foreign_keys(dbapi_connection: sqlite3.Connection, record: object) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):  # SQLite obeys them only if asked
-            dbapi_connection.execute("PRAGMA foreign_keys = ON")
 
 
 limit_waits(db_engine)
@@ -380,7 +380,7 @@ def readyz(session: SessionDep) -> dict[str, str]:
 def prepare_database() -> None:
     url = db_engine.url.render_as_string(hide_password=True)
     logger.info("Database: %s", url)
-    deadline, pause = time.monotonic() + STARTUP_WAIT_SECONDS, 0.25
+    deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while True:  # workers starting together may also meet here: each tries again
         try:
             return prepare_tables()

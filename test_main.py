@@ -60,6 +60,77 @@ def test_unicode_username_round_trips_unchanged(client, rows, username):
     assert rows()[0][1] == username
 
 
+# Usernames are compared as text, not as code points: Unicode's NFKC folds the ways a keyboard
+# or an operating system may spell the same name (README: Usernames).
+NFC_JOSE, NFD_JOSE = "Jos\u00e9", "Jose\u0301"  # é as one code point, or e + a combining accent
+
+
+def test_a_decomposed_username_is_taken_by_its_composed_twin(client, rows):
+    assert create(client, NFC_JOSE).status_code == 201
+    response = create(client, NFD_JOSE)
+    assert response.status_code == 409
+    assert [row[1] for row in rows()] == [NFC_JOSE]
+
+
+@pytest.mark.parametrize(
+    "sent, stored",
+    [
+        (NFD_JOSE, NFC_JOSE),
+        ("\u212aevin", "Kevin"),  # the Kelvin sign is the letter K
+        ("\uff41\uff44\uff41", "ada"),  # fullwidth letters
+        ("\ufb01sh", "fish"),  # the fi ligature
+    ],
+)
+def test_a_username_is_stored_and_answered_in_one_spelling(client, rows, sent, stored):
+    response = create(client, sent)
+    assert response.status_code == 201
+    assert response.json()["username"] == stored
+    assert rows()[0][1] == stored
+
+
+def test_patch_folds_the_username_too(client, rows):
+    create(client, NFC_JOSE)
+    user_id = create(client, "grace", "grace@example.com").json()["id"]
+    assert client.patch(f"/users/{user_id}", json={"username": NFD_JOSE}).status_code == 409
+    assert (
+        client.patch(f"/users/{user_id}", json={"username": "\u212aim"}).json()["username"] == "Kim"
+    )
+    assert [row[1] for row in rows()] == [NFC_JOSE, "Kim"]
+
+
+def test_the_length_limit_counts_the_folded_characters(client):
+    assert create(client, "e\u0301" * 50).status_code == 201  # 100 code points, 50 letters é
+
+
+def test_a_username_far_over_the_limit_is_refused_before_it_is_folded(client):
+    response = create(client, "a" * 10_000)
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["type"] == "string_too_long"
+    assert problem["ctx"] == {"max_length": 200}  # the limit on the text as sent, not folded
+
+
+@pytest.mark.parametrize(
+    "character",
+    ["\u200b", "\u202e", "\u2066", "\ufeff", "\u200e", "\u00ad"],
+    ids=[
+        "zero-width space",
+        "right-to-left override",
+        "left-to-right isolate",
+        "byte order mark",
+        "left-to-right mark",
+        "soft hyphen",
+    ],
+)
+def test_an_invisible_or_direction_changing_character_is_refused(client, rows, character):
+    response = create(client, f"ad{character}a")
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "username"]
+    assert f"U+{ord(character):04X}" in problem["msg"] and "invisible" in problem["msg"]
+    assert rows() == []
+
+
 def test_sql_looking_input_is_stored_literally(client, rows):
     username = "x'); DROP TABLE users; --"
     assert create(client, username).status_code == 201

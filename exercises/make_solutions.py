@@ -162,12 +162,12 @@ def domain_filter(src: str) -> str:
     )
 
 
-REVISION_0002_PATH = "migrations/versions/2026_11_26_0002_users_is_active_and_created_at.py"
-REVISION_0002 = '''"""users: is_active and created_at
+REVISION_0003_PATH = "migrations/versions/2026_12_02_0003_users_is_active_and_created_at.py"
+REVISION_0003 = '''"""users: is_active and created_at
 
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-26
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
@@ -176,8 +176,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0001"
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -229,8 +229,8 @@ def approach_b(src: str) -> str:
         src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
     )
     start = src.index("# --- Section 4.2")
-    session_dep = 'SessionDep = Annotated[Session, Depends(get_session, scope="function")]\n'
-    end = src.index(session_dep) + len(session_dep)
+    session_dep = 'SessionDep = Annotated[Session, Depends(get_session, scope="function")]'
+    end = src.index("\n", src.index(session_dep)) + 1
     src = (
         src[:start]
         + """# --- Section 8, approach B: each route opens its own session --------------------------------
@@ -308,7 +308,7 @@ def patch_for(name: str, before: str, after_text: str, path: str) -> str:
 
 # Files a solution adds, besides its change to main.py.
 NEW_FILES = {
-    "02_active_and_created_at": {REVISION_0002_PATH: REVISION_0002},
+    "02_active_and_created_at": {REVISION_0003_PATH: REVISION_0003},
     "05_race_test": {"exercises/student/test_duplicate_race.py": RACE_TEST},
 }
 

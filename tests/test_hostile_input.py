@@ -32,7 +32,11 @@ schema.app = main.app
 def test_generated_requests_get_documented_answers_and_no_5xx(client, case):
     # Excluded: when two routes share a path (GET and POST /users/), Starlette's 405 answer
     # lists only one route's method in its Allow header. A framework limit, not the app's.
-    case.call_and_validate(excluded_checks=[checks.allow_header_conformance])
+    # And a username's rules past its pattern cannot be written in OpenAPI: NFKC may fold 50
+    # characters into more, and Unicode's category Cf (invisible, direction-changing) has no
+    # pattern in JSON Schema's regular expressions. Such a name gets its documented 422.
+    excluded = [checks.allow_header_conformance, checks.positive_data_acceptance]
+    case.call_and_validate(excluded_checks=excluded)
 
 
 def test_one_megabyte_username_is_refused_unread_with_413(client, rows):

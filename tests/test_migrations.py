@@ -75,7 +75,8 @@ def test_every_downgrade_restores_the_schema_its_previous_revision_had(engine):
     for revision in reversed(list(script.walk_revisions())):  # oldest first
         before = schema(engine)
         alembic(engine, "upgrade", revision.revision)
-        assert schema(engine) != before, f"{revision.revision} changed nothing"
+        if not getattr(revision.module, "data_only", False):  # 0002 folds usernames only
+            assert schema(engine) != before, f"{revision.revision} changed nothing"
         alembic(engine, "downgrade", revision.down_revision or "base")
         assert schema(engine) == before, f"downgrading {revision.revision} left a trace"
         alembic(engine, "upgrade", revision.revision)
@@ -131,6 +132,45 @@ def test_the_app_leaves_a_database_that_alembic_manages_to_alembic(engine):
         )
 
 
+# --- 0002: usernames written before the app folded them (Unicode NFKC) ------------------------
+NFC_JOSE, NFD_JOSE = "Jos\u00e9", "Jose\u0301"
+
+
+def users_table(engine) -> list[tuple[int, str]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text("SELECT id, username FROM users"))]
+
+
+def insert_users(engine, *names: str) -> None:
+    with engine.begin() as connection:
+        for name in names:
+            connection.execute(
+                text("INSERT INTO users (username, email) VALUES (:name, 'a@example.com')"),
+                {"name": name},
+            )
+
+
+def test_0002_folds_each_existing_username_and_keeps_every_row(engine):
+    alembic(engine, "upgrade", "0001")  # the database as it was before the fold
+    insert_users(engine, NFD_JOSE, "\u212aevin", "ada")
+    alembic(engine, "upgrade", "head")
+    assert sorted(users_table(engine)) == [(1, NFC_JOSE), (2, "Kevin"), (3, "ada")]
+    assert version(engine) == HEAD
+
+
+def test_0002_stops_on_two_names_that_fold_alike_and_changes_nothing(engine):
+    alembic(engine, "upgrade", "0001")
+    insert_users(engine, NFD_JOSE, NFC_JOSE, "ada")
+    with pytest.raises(RuntimeError, match="Nothing was changed") as stopped:
+        alembic(engine, "upgrade", "head")
+    message = str(stopped.value)
+    print(f"\n{engine.dialect.name}: {message}")
+    assert f"id 1 {NFD_JOSE!a}" in message and f"id 2 {NFC_JOSE!a}" in message
+    assert "ada" not in message
+    assert sorted(users_table(engine)) == [(1, NFD_JOSE), (2, NFC_JOSE), (3, "ada")]
+    assert version(engine) == "0001"
+
+
 def test_alembic_check_fails_when_a_model_changes_without_a_migration(tmp_path):
     # What CI runs (`alembic check`), on a copy of the project whose model gained a column.
     copy_app(tmp_path)
@@ -155,8 +195,8 @@ WIDEN_EMAIL = '''"""users: a longer email"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -184,7 +224,7 @@ def test_a_batch_migration_of_users_keeps_the_rows_that_reference_them(engine, t
         for number in range(3):
             post = {"title": f"post {number}", "body": "text"}
             assert http.post(f"/users/{user['id']}/posts", json=post).status_code == 201
-    (tmp_path / "migrations" / "versions" / "2026_12_01_0002_widen_email.py").write_text(
+    (tmp_path / "migrations" / "versions" / "2026_12_01_0003_widen_email.py").write_text(
         WIDEN_EMAIL
     )
     env = {**os.environ, "DATABASE_URL": url_of(engine)}

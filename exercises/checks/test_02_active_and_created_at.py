@@ -44,15 +44,15 @@ def alembic(engine, name: str, *args) -> None:
     getattr(command, name)(config, *args)
 
 
-def test_your_revision_is_the_single_head_after_0001():
+def test_your_revision_is_the_single_head_after_0002():
     script = ScriptDirectory.from_config(Config(ROOT / "alembic.ini"))
     [head] = script.get_heads()
-    assert head != "0001", "write a revision: alembic revision --autogenerate -m '...'"
-    assert script.get_revision(head).down_revision == "0001"
+    assert head != "0002", "write a revision: alembic revision --autogenerate -m '...'"
+    assert script.get_revision(head).down_revision == "0002"
 
 
 def test_an_existing_database_upgrades_in_place_and_keeps_every_row(engine):
-    alembic(engine, "upgrade", "0001")  # the database as it was before your change
+    alembic(engine, "upgrade", "0002")  # the database as it was before your change
     with engine.begin() as connection:
         for name in ("ada", "grace"):
             connection.execute(
