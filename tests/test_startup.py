@@ -86,7 +86,7 @@ def test_an_app_started_before_its_database_waits_for_it_and_serves(mysql_engine
         ("DB_POOL_SIZE", "0", "greater than or equal to 1"),
         ("DB_TIMEOUT", "0", "greater than or equal to 4"),
         ("DB_TIMEOUT", "soon", "valid number"),
-        ("SQL_ECHO", "loud", "valid boolean"),
+        ("DB_POOL_SIZE", "many", "valid integer"),
     ],
 )
 def test_a_bad_setting_stops_the_app_with_a_message_naming_it(tmp_path, setting, value, expected):
