@@ -14,9 +14,8 @@ from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 
 # --- Section 3: the database URL, the engine and the model ----------------------------------
 class Settings(BaseSettings):  # read from the environment, else from a .env file (.env.example)
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")  # .env may hold others'
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")  # and .env's other lines
     database_url: str = "sqlite:///./app.db"  # the tutorial's DB_URL; SQLite needs no server
-    sql_echo: bool = False  # true: print every SQL statement the app sends
     db_pool_size: int = Field(4, ge=1)  # connections kept open per worker process; ge: at least
     db_timeout: float = Field(10, ge=4)  # seconds a request may wait for the database (part 3)
 
@@ -27,7 +26,6 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 def create_db_engine(database_url: str) -> Engine:  # the tests build their engines here too
     return create_engine(
         database_url,
-        echo=settings.sql_echo,
         pool_size=settings.db_pool_size,
         pool_pre_ping=True,  # a server restarts, a network drops: test a connection before use
         pool_recycle=3600,  # MySQL closes connections idle for 8 hours: renew ours every hour
@@ -36,7 +34,8 @@ def create_db_engine(database_url: str) -> Engine:  # the tests build their engi
 
 db_engine = create_db_engine(settings.database_url)
 
-naming_convention = {  # Alembic (README: Changing the schema) needs constraints named alike
+# Alembic changes tables that hold rows (README: Changing the schema). It needs every index and
+naming_convention = {  # constraint named alike on every database: these patterns name them
     "pk": "pk_%(table_name)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "ix": "ix_%(column_0_label)s",  # a column's label: its table's name, then its own
@@ -58,22 +57,22 @@ class UserTable(BaseModelClass):
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 def one_spelling(name: str) -> str:  # a username is text, not code points (README: Usernames)
-    name = unicodedata.normalize("NFKC", name)  # é, or e and an accent; ﬁ or fi: one spelling
-    hidden = [f"U+{ord(c):04X}" for c in name if unicodedata.category(c) == "Cf"]
-    if set(hidden) - {"U+200C", "U+200D"}:  # those two join emoji and letters in some scripts
-        raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
-    return name
+    folded = unicodedata.normalize("NFKC", name)  # é, or e and an accent; ﬁ or fi: one spelling
+    invisible = [f"U+{ord(c):04X}" for c in folded if unicodedata.category(c) == "Cf"]
+    if set(invisible) - {"U+200C", "U+200D"}:  # those two join emoji and letters in some scripts
+        raise ValueError(f"invisible or direction-changing characters: {', '.join(invisible)}")
+    return folded
 
 
 # Annotated: a type with its rules, for UserInput and UserPatch (part 2): 200 characters as sent
-# at most (folding costs time), then 1 to 50, no space at either end, no control characters.
+# at most (NFKC's work grows with them), then 1 to 50; no space at either end, no control codes.
 name_pattern = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
 FoldedName = Annotated[str, Field(max_length=200), AfterValidator(one_spelling)]
 Username = Annotated[FoldedName, Field(min_length=1, max_length=50, pattern=name_pattern)]
 Email = Annotated[EmailStr, Field(max_length=120)]
 
 
-class UserInput(BaseModel):  # the examples fill the form of /docs, where you try the API
+class UserInput(BaseModel):  # both required; the examples fill /docs' form, to try the API
     username: Username = Field(examples=["ada"])
     email: Email = Field(examples=["ada@example.com"])
 
@@ -89,15 +88,16 @@ class UserOutput(BaseModel):  # what a client gets back: the tutorial's dict, as
 async def get_session() -> AsyncIterator[Session]:
     # For a route of your own: a plain `def` route (FastAPI runs it in a thread, so its SQL
     # never blocks other requests) taking `session: SessionDep`, or the tutorial's
-    # `Depends(get_session)`. Call other services (e-mail, payments) after commit(): a request
-    # that loses a deadlock before it has committed is run once more, whole (part 3).
+    # `Depends(get_session)`. Call other services (e-mail, payments) after commit(): when two
+    # requests wait for each other's rows, the database undoes one, and part 3 runs it again.
     with Session(db_engine, expire_on_commit=False) as session:  # readable after commit()
         # async: it waits on the event loop, not in a thread, for one of DB_POOL_SIZE turns.
         async with database_turn(session):  # part 3: a turn comes with a free connection
             yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]  # closed before sending
+# "function": closed when the route returns; by default, only once a slow client has it all.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 # --- Section 5: the application -------------------------------------------------------------
@@ -109,8 +109,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPIOffline(  # FastAPI, with /docs served by the app itself: no CDN, works offline
-    title="Users API: the FastAPI + SQLAlchemy + MySQL reference app",
-    description="Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first.",
     lifespan=lifespan,
     max_body_size=64 * 1024,  # a user is a few hundred bytes: a larger body is refused unread
     responses={503: {"description": "Database unavailable or busy"}},  # for /docs, on any route
@@ -128,7 +126,7 @@ def create_tables() -> None:  # creates the tables that are missing, never chang
 
 
 # --- Section 8: create a user, approach A (the session comes from the dependency) -----------
-# status_code: 201 Created, for a new row. responses: the other answers /docs lists.
+# 201 Created, for a new row. /docs also lists 400 (a body that is not JSON) and 409 (taken).
 @app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
 def create_user(user: UserInput, session: SessionDep) -> UserOutput:
     new_user = UserTable(username=user.username, email=user.email)
@@ -224,6 +222,8 @@ from sqlalchemy import Dialect, event, exc, inspect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
+app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs shows these
+app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
 # connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement.
@@ -260,9 +260,8 @@ limit_waits(db_engine)
 
 
 # --- Turns: at most DB_POOL_SIZE sessions at once -------------------------------------------
-# A read's session keeps its connection until FastAPI, in another thread, has checked the
-# answer: with more sessions than connections, threads would wait for connections held by
-# requests that wait for threads. A turn, awaited on the event loop, comes with a connection.
+# A read keeps its connection until FastAPI, in another thread, has checked its answer: with more
+# sessions than connections, threads would wait for connections held by requests waiting for them.
 @asynccontextmanager
 async def database_turn(session: Session) -> AsyncIterator[None]:
     if (turns := turns_of_this_loop.get(None)) is None:
@@ -362,7 +361,7 @@ async def database_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code, headers=headers)
 
 
-# --- Health probes, for a load balancer or an orchestrator (README: Deploying) --------------
+# --- Health probes, for a load balancer or an orchestrator (docs/deploying.md) -------------
 @app.get("/livez", tags=["health"])
 async def livez() -> dict[str, str]:
     """The app runs. Never touches the database: a database blip must not restart the app."""

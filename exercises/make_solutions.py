@@ -1,18 +1,24 @@
-"""Maintainers only: rebuilds exercises/solutions/*.patch from the edits below, against main.py.
+"""Maintainers only: rebuilds exercises/solutions/*.patch, the reference solutions of the course.
+
+Each patch is made against main.py (and test_main.py, and the Alembic revisions) as the patches
+before it left them: they apply in file-name order, each on top of the ones before it.
 
 python exercises/make_solutions.py      # after changing main.py, then check with pytest
 """
 
+import dataclasses
 import difflib
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def replace(text: str, old: str, new: str) -> str:
-    assert old in text, f"not found in main.py: {old!r}"
+    assert old in text, f"not found: {old!r}"
     return text.replace(old, new, 1)
 
 
@@ -20,10 +26,18 @@ def after(text: str, anchor: str, addition: str) -> str:
     return replace(text, anchor, anchor + addition)
 
 
+def add_import(text: str, module: str, *names: str) -> str:
+    """Adds names to main.py's first `from module import` line; ruff sorts and wraps them."""
+    line = f"\nfrom {module} import "
+    return replace(text, line, line + "".join(f"{name}, " for name in names))
+
+
 READ_USER = "    return UserOutput.model_validate(get_user_or_404(session, user_id))\n"
-IMPORTS = "from sqlalchemy import Engine,"  # ruff sorts and wraps the names added here
+END_OF_MODELS = "\n\n\n# --- Section 4.1"  # after the last table class
+END_OF_SCHEMAS = "\n\n\n# --- Section 4.2"  # after the last Pydantic class
 
 
+# --- Exercise 1 ----------------------------------------------------------------------------
 def by_username(src: str) -> str:
     return after(
         src,
@@ -41,21 +55,25 @@ def read_user_by_username(username: str, session: SessionDep) -> UserOutput:
     )
 
 
+# --- Exercise 2 ----------------------------------------------------------------------------
 def active_and_created_at(src: str) -> str:
     src = after(
         src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
     )
-    src = replace(src, IMPORTS, "from sqlalchemy import DateTime, func, true, Engine,")
-    src = replace(src, "EmailStr, Field\n", "EmailStr, Field, field_validator\n")
+    src = add_import(src, "sqlalchemy", "DateTime", "func", "true")
+    src = add_import(src, "pydantic", "field_validator")
     src = after(
         src,
         "    email: Mapped[str] = mapped_column(String(120))\n",
         """    # default: what the app writes; server_default: what the table says, so that the
     # migration can fill the rows that exist already (README: Changing the schema).
     is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
-    # MySQL's DATETIME keeps no time zone: store UTC, and say so when reading it back.
+    # MySQL's DATETIME keeps no time zone and whole seconds: store UTC to the second (what a
+    # POST answers is then what a GET reads back), and say it is UTC when reading it back.
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=lambda: datetime.now(UTC), server_default=func.now()
+        DateTime(timezone=True),
+        default=lambda: datetime.now(UTC).replace(microsecond=0),
+        server_default=func.now(),
     )
 """,
     )
@@ -73,17 +91,89 @@ def active_and_created_at(src: str) -> str:
     )
 
 
+def whole_answers_with_the_new_fields(tests: str) -> str:
+    """test_main.py: the three tests that compare a whole answer with a dict written out."""
+    tests = replace(
+        tests,
+        '    assert user == {"id": user["id"], "username": "ada", "email": "ada@example.com"}\n',
+        """    assert user == {
+        "id": user["id"],
+        "username": "ada",
+        "email": "ada@example.com",
+        "is_active": True,
+        "created_at": user["created_at"],
+    }
+""",
+    )
+    tests = replace(
+        tests,
+        """def test_patch_changes_only_the_given_fields(client, rows):
+    user_id = create(client).json()["id"]
+""",
+        """def test_patch_changes_only_the_given_fields(client, rows):
+    created = create(client).json()
+    user_id = created["id"]
+""",
+    )
+    tests = replace(
+        tests,
+        """    assert response.json() == {"id": user_id, "username": "ada", "email": "new@example.com"}
+""",
+        """    assert response.json() == {**created, "email": "new@example.com"}
+""",
+    )
+    return replace(
+        tests,
+        """def test_patch_can_change_both_fields(client, rows):
+    user_id = create(client).json()["id"]
+    body = {"username": "grace", "email": "grace@example.com"}
+    assert client.patch(f"/users/{user_id}", json=body).json() == {"id": user_id, **body}
+""",
+        """def test_patch_can_change_both_fields(client, rows):
+    created = create(client).json()
+    user_id = created["id"]
+    body = {"username": "grace", "email": "grace@example.com"}
+    assert client.patch(f"/users/{user_id}", json=body).json() == {**created, **body}
+""",
+    )
+
+
+USERS_REVISION = """
+def upgrade() -> None:
+    # Written by `alembic revision --autogenerate`, then reviewed: it had written SQLite's own
+    # text for the defaults ("1", "(CURRENT_TIMESTAMP)"); sa.true() and sa.func.now() work on
+    # every database. The rows that exist get these defaults: active, and created now (when
+    # they were really created was never stored). On SQLite, the batch copies the table.
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.add_column(
+            sa.Column("is_active", sa.Boolean(), server_default=sa.true(), nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column(
+                "created_at",
+                sa.DateTime(timezone=True),
+                server_default=sa.func.now(),
+                nullable=False,
+            )
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.drop_column("created_at")
+        batch_op.drop_column("is_active")
+"""
+
+
+# --- Exercise 3 ----------------------------------------------------------------------------
 def posts(src: str) -> str:
-    src = replace(src, IMPORTS, "from sqlalchemy import ForeignKey, Text, Engine,")
+    src = add_import(src, "sqlalchemy", "ForeignKey", "Text")
+    src = add_import(src, "sqlalchemy.orm", "relationship")
     src = replace(
         src,
-        "from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column",
-        "from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column, relationship",
-    )
-    src = after(
-        src,
-        "    email: Mapped[str] = mapped_column(String(120))\n",
-        """    posts: Mapped[list["PostTable"]] = relationship(back_populates="user", order_by="PostTable.id")
+        END_OF_MODELS,
+        """
+    posts: Mapped[list["PostTable"]] = relationship(back_populates="user", order_by="PostTable.id")
 
 
 class PostTable(BaseModelClass):
@@ -96,12 +186,14 @@ class PostTable(BaseModelClass):
     title: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text)
     user: Mapped[UserTable] = relationship(back_populates="posts")
-""",
+"""
+        + END_OF_MODELS,
     )
-    src = after(
+    src = replace(
         src,
-        "    username: str\n    email: str\n",
+        END_OF_SCHEMAS,
         """
+
 
 class PostInput(BaseModel):
     title: str = Field(min_length=1, max_length=200, examples=["Hello"])
@@ -114,7 +206,8 @@ class PostOutput(BaseModel):
     user_id: int
     title: str
     body: str
-""",
+"""
+        + END_OF_SCHEMAS,
     )
     return after(
         src,
@@ -143,6 +236,38 @@ def read_posts(user_id: UserId, session: SessionDep) -> list[PostOutput]:
     )
 
 
+POSTS_REVISION = """
+def upgrade() -> None:
+    # Written by `alembic revision --autogenerate`, then reviewed: nothing to change. A new
+    # table, so no row of users is touched; the foreign key deletes a user's posts with them.
+    op.create_table(
+        "posts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("title", sa.String(length=200), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_posts_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_posts")),
+        mysql_charset="utf8mb4",
+    )
+    with op.batch_alter_table("posts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_posts_user_id"), ["user_id"], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("posts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_posts_user_id"))
+
+    op.drop_table("posts")
+"""
+
+
+# --- Exercise 4 ----------------------------------------------------------------------------
 def domain_filter(src: str) -> str:
     src = replace(
         src,
@@ -162,52 +287,7 @@ def domain_filter(src: str) -> str:
     )
 
 
-REVISION_0003_PATH = "migrations/versions/2026_12_02_0003_users_is_active_and_created_at.py"
-REVISION_0003 = '''"""users: is_active and created_at
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-02
-"""
-
-from collections.abc import Sequence
-
-import sqlalchemy as sa
-from alembic import op
-
-# revision identifiers, used by Alembic.
-revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
-
-
-def upgrade() -> None:
-    # Written by `alembic revision --autogenerate`, then reviewed: it had written SQLite's own
-    # text for the defaults ("1", "(CURRENT_TIMESTAMP)"); sa.true() and sa.func.now() work on
-    # every database. The rows that exist get these defaults: active, and created now (when
-    # they were really created was never stored). On SQLite, the batch copies the table.
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.add_column(
-            sa.Column("is_active", sa.Boolean(), server_default=sa.true(), nullable=False)
-        )
-        batch_op.add_column(
-            sa.Column(
-                "created_at",
-                sa.DateTime(timezone=True),
-                server_default=sa.func.now(),
-                nullable=False,
-            )
-        )
-
-
-def downgrade() -> None:
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.drop_column("created_at")
-        batch_op.drop_column("is_active")
-'''
-
-
+# --- Exercise 5 ----------------------------------------------------------------------------
 RACE_TEST = '''"""Exercise 5: many requests create the same new username at the same moment."""
 
 from concurrent.futures import ThreadPoolExecutor
@@ -223,11 +303,13 @@ def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
 '''
 
 
+# --- Exercise 6 ----------------------------------------------------------------------------
+SESSION_PARAMETERS = (", session: SessionDep", "\n    session: SessionDep,", "session: SessionDep")
+
+
 def approach_b(src: str) -> str:
     src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
-    src = replace(
-        src, "declarative_base, mapped_column", "declarative_base, mapped_column, sessionmaker"
-    )
+    src = add_import(src, "sqlalchemy.orm", "sessionmaker")
     start = src.index("# --- Section 4.2")
     session_dep = 'SessionDep = Annotated[Session, Depends(get_session, scope="function")]'
     end = src.index("\n", src.index(session_dep)) + 1
@@ -235,57 +317,119 @@ def approach_b(src: str) -> str:
         src[:start]
         + """# --- Section 8, approach B: each route opens its own session --------------------------------
 # A `with` block closes it on every path, errors included, so a failing request leaks no
-# connection, and the connection is back in the pool before the route's thread is free.
-SessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)
+# connection, and the connection is back in the pool before the route's thread is free. Each
+# session is bound when it is opened, to db_engine as it is then: the tests point db_engine at
+# a database of their own (conftest.py), and so reach the routes too.
+SessionLocal = sessionmaker(expire_on_commit=False)
 """
         + src[end:]
     )
-    # Every route drops its `session: SessionDep` parameter and runs its body in a `with` block.
-    for signature in (
-        "def create_user(user: UserInput, session: SessionDep) -> UserOutput:",
-        "def read_users(\n    session: SessionDep,\n",
-        "def read_user(user_id: UserId, session: SessionDep) -> UserOutput:",
-        "def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:",
-        "def delete_user(user_id: UserId, session: SessionDep) -> None:",
-        "def readyz(session: SessionDep) -> dict[str, str]:",
-    ):
-        head, rest = src.split(signature)
-        body_end = (rest + "\n\n").index("\n\n\n")  # the next definition, or the end
-        body = rest[:body_end]
-        new_signature = (
-            signature.replace(", session: SessionDep", "")
-            .replace("\n    session: SessionDep,", "")
-            .replace("session: SessionDep", "")
-        )
-        lines = body.split("\n")
-        first = 1  # the body starts after the signature's last line, `) -> ...:` for read_users
-        if signature.startswith("def read_users"):
-            first = next(n for n, line in enumerate(lines) if line.startswith(")")) + 1
-        if lines[first].lstrip().startswith('"""'):  # keep the docstring first, all its lines
-            if lines[first].count('"""') == 1:
-                first = next(n for n in range(first + 1, len(lines)) if '"""' in lines[n])
+    # Every route (those of the exercises before too) drops its `session: SessionDep` parameter
+    # and runs its body in a `with` block.
+    while "session: SessionDep" in src:
+        at = src.index("session: SessionDep")
+        def_start = src.rindex("\ndef ", 0, at) + 1
+        signature_end = src.index(":\n", src.index(") -> ", at)) + 2
+        signature = src[def_start:signature_end]
+        for parameter in SESSION_PARAMETERS:
+            signature = signature.replace(parameter, "", 1)
+        body_end = (src + "\n\n").index("\n\n\n", signature_end)  # the next definition, or the end
+        lines = src[signature_end:body_end].split("\n")
+        first = 0
+        if lines[0].lstrip().startswith('"""'):  # keep the docstring first, all its lines
+            if lines[0].count('"""') == 1:
+                first = next(n for n in range(1, len(lines)) if '"""' in lines[n])
             first += 1
         indented = [("    " + line if line else line) for line in lines[first:]]
-        body = "\n".join([*lines[:first], "    with SessionLocal() as session:", *indented])
-        src = head + new_signature + body + rest[body_end:]
+        opened = "    with SessionLocal(bind=db_engine) as session:"
+        body = "\n".join([*lines[:first], opened, *indented])
+        src = src[:def_start] + signature + body + src[body_end:]
     return src
 
 
+# --- The solutions, in order ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Revision:
+    """A revision a solution adds: its file name's slug, its message, and its code."""
+
+    slug: str
+    message: str
+    code: str
+
+    def file(self, revision: str, down_revision: str) -> tuple[str, str]:
+        path = f"migrations/versions/2026_12_02_{revision}_{self.slug}.py"
+        text = f'''"""{self.message}
+
+Revision ID: {revision}
+Revises: {down_revision}
+Create Date: 2026-12-02
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision: str = "{revision}"
+down_revision: str | Sequence[str] | None = "{down_revision}"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+{self.code}'''
+        return path, text
+
+
+@dataclass(frozen=True)
+class Solution:
+    main_py: Callable[[str], str] | None = None
+    test_main_py: Callable[[str], str] | None = None  # exercise 2: answers with new fields
+    revision: Revision | None = None  # a schema change: its revision, after the newest one
+    new_files: dict[str, str] = field(default_factory=dict)
+
+
 SOLUTIONS = {
-    "01_by_username": by_username,
-    "02_active_and_created_at": active_and_created_at,
-    "03_posts": posts,
-    "04_domain_filter": domain_filter,
-    "05_race_test": None,  # a new file only (NEW_FILES)
-    "06_approach_b": approach_b,
+    "01_by_username": Solution(by_username),
+    "02_active_and_created_at": Solution(
+        active_and_created_at,
+        whole_answers_with_the_new_fields,
+        Revision(
+            "users_is_active_and_created_at", "users: is_active and created_at", USERS_REVISION
+        ),
+    ),
+    "03_posts": Solution(posts, revision=Revision("posts", "posts", POSTS_REVISION)),
+    "04_domain_filter": Solution(domain_filter),
+    "05_race_test": Solution(new_files={"exercises/student/test_duplicate_race.py": RACE_TEST}),
+    "06_approach_b": Solution(approach_b),
 }
 
 
-def formatted(text: str) -> str:
+@dataclass(frozen=True)
+class Tree:
+    """The files the solutions change, as the exercises done so far left them."""
+
+    main_py: str
+    test_main_py: str
+    head: str  # the newest Alembic revision
+
+    @classmethod
+    def today(cls) -> "Tree":
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(Config(ROOT / "alembic.ini"))
+        return cls(
+            (ROOT / "main.py").read_text(),
+            (ROOT / "test_main.py").read_text(),
+            script.get_current_head(),
+        )
+
+
+def formatted(text: str, name: str) -> str:
     """The text as ruff leaves it: imports sorted, then formatted."""
     for command in (["check", "--select", "I", "--fix", "--quiet"], ["format"]):
         text = subprocess.run(
-            [sys.executable, "-m", "ruff", *command, "--stdin-filename", "main.py", "-"],
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", name, "-"],
             input=text,
             capture_output=True,
             text=True,
@@ -295,7 +439,7 @@ def formatted(text: str) -> str:
     return text
 
 
-def patch_for(name: str, before: str, after_text: str, path: str) -> str:
+def patch_for(before: str, after_text: str, path: str) -> str:
     return "".join(
         difflib.unified_diff(
             before.splitlines(keepends=True),
@@ -306,30 +450,42 @@ def patch_for(name: str, before: str, after_text: str, path: str) -> str:
     )
 
 
-# Files a solution adds, besides its change to main.py.
-NEW_FILES = {
-    "02_active_and_created_at": {REVISION_0003_PATH: REVISION_0003},
-    "05_race_test": {"exercises/student/test_duplicate_race.py": RACE_TEST},
-}
-
-
 def new_file(path: str, text: str) -> str:
-    return f"diff --git a/{path} b/{path}\nnew file mode 100644\n" + patch_for("", "", text, path)
+    return f"diff --git a/{path} b/{path}\nnew file mode 100644\n" + patch_for("", text, path)
 
 
-def solution_patch(name: str, source: str) -> str:
-    """The patch of exercise `name` against main.py's text `source`."""
-    edit = SOLUTIONS[name]
-    patch = patch_for(name, source, formatted(edit(source)), "main.py") if edit else ""
-    for path, text in NEW_FILES.get(name, {}).items():
+def solution_patch(name: str, tree: Tree) -> tuple[str, Tree]:
+    """The patch of exercise `name` against `tree`, and the tree it leaves."""
+    solution = SOLUTIONS[name]
+    patch, after_it = "", tree
+    if solution.main_py:
+        main_py = formatted(solution.main_py(tree.main_py), "main.py")
+        patch += patch_for(tree.main_py, main_py, "main.py")
+        after_it = dataclasses.replace(after_it, main_py=main_py)
+    if solution.test_main_py:
+        test_main_py = formatted(solution.test_main_py(tree.test_main_py), "test_main.py")
+        patch += patch_for(tree.test_main_py, test_main_py, "test_main.py")
+        after_it = dataclasses.replace(after_it, test_main_py=test_main_py)
+    new_files = dict(solution.new_files)
+    if solution.revision:
+        revision = f"{int(tree.head) + 1:04d}"
+        path, text = solution.revision.file(revision, tree.head)
+        new_files[path] = text
+        after_it = dataclasses.replace(after_it, head=revision)
+    for path, text in new_files.items():
         patch += new_file(path, text)
-    return patch
+    return patch, after_it
+
+
+def solution_chain(tree: Tree) -> dict[str, str]:
+    """Every exercise's patch, each made against the tree the ones before it left."""
+    patches = {}
+    for name in SOLUTIONS:
+        patches[name], tree = solution_patch(name, tree)
+    return patches
 
 
 if __name__ == "__main__":
-    source = (ROOT / "main.py").read_text()
-    for name in SOLUTIONS:
-        (ROOT / "exercises" / "solutions" / f"{name}.patch").write_text(
-            solution_patch(name, source)
-        )
+    for name, patch in solution_chain(Tree.today()).items():
+        (ROOT / "exercises" / "solutions" / f"{name}.patch").write_text(patch)
         print(f"wrote exercises/solutions/{name}.patch")

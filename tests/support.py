@@ -28,6 +28,16 @@ def copy_app(folder: Path) -> Path:
 IGNORED = shutil.ignore_patterns("__pycache__")
 
 
+def apply_solutions(folder: Path, up_to: str) -> None:
+    """The exercises' reference solutions, in order, up to the one named (a course's step),
+    applied to the app copied into folder (test_main.py's part of them is not copied)."""
+    for patch in sorted((ROOT / "exercises" / "solutions").glob("*.patch")):
+        command = ["git", "apply", "--exclude=test_main.py", str(patch)]
+        subprocess.run(command, cwd=folder, check=True, capture_output=True)
+        if patch.stem.startswith(up_to):
+            return
+
+
 def together(count: int, call) -> list[int]:
     """Runs call(0) ... call(count - 1) in threads released at the same instant."""
     start = threading.Barrier(count)

@@ -2,7 +2,6 @@
 and the server log names the real cause."""
 
 import signal
-import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 import main
 from conftest import url_of
-from tests.support import ROOT, UvicornServer, copy_app, other_connection_ids
+from tests.support import ROOT, UvicornServer, apply_solutions, copy_app, other_connection_ids
 
 BOUND = 4.0  # DB_TIMEOUT for these tests, the least allowed: each wait 2 s, the server's 1 s
 MARGIN = 0.5  # for the machine: thread start-up, the client, a busy CI runner
@@ -270,9 +269,7 @@ def test_missing_column_stops_startup_with_one_line_naming_it(engine, tmp_path):
     # Exercise 2 the way a student first does it: the new columns in the model, the old table.
     with UvicornServer(url_of(engine)).wait_started() as server:  # creates today's table
         pass
-    copy_app(tmp_path)
-    patch = ROOT / "exercises" / "solutions" / "02_active_and_created_at.patch"
-    subprocess.run(["git", "apply", str(patch)], cwd=tmp_path, check=True, capture_output=True)
+    apply_solutions(copy_app(tmp_path), up_to="02")
     server = UvicornServer(url_of(engine), cwd=tmp_path)
     code = server.process.wait(timeout=30)
     server.stop()

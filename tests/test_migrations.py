@@ -16,7 +16,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 
 import main
 from conftest import url_of
-from tests.support import ROOT, UvicornServer, copy_app
+from tests.support import ROOT, UvicornServer, apply_solutions, copy_app
 
 HEAD = ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
 
@@ -195,8 +195,8 @@ WIDEN_EMAIL = '''"""users: a longer email"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -215,16 +215,14 @@ def downgrade() -> None:
 def test_a_batch_migration_of_users_keeps_the_rows_that_reference_them(engine, tmp_path):
     # Exercise 3's posts reference users with ON DELETE CASCADE. On SQLite the batch copy drops
     # the old users table, which deletes every post if foreign keys are on, as Alembic warns.
-    copy_app(tmp_path)
-    patch = ROOT / "exercises" / "solutions" / "03_posts.patch"
-    subprocess.run(["git", "apply", str(patch)], cwd=tmp_path, check=True, capture_output=True)
+    apply_solutions(copy_app(tmp_path), up_to="03")  # exercises 1 to 3, posts among them
     server = UvicornServer(url_of(engine), cwd=tmp_path)
     with server.wait_started(), server.client() as http:
         user = http.post("/users/", json={"username": "ada", "email": "a@e.com"}).json()
         for number in range(3):
             post = {"title": f"post {number}", "body": "text"}
             assert http.post(f"/users/{user['id']}/posts", json=post).status_code == 201
-    (tmp_path / "migrations" / "versions" / "2026_12_01_0003_widen_email.py").write_text(
+    (tmp_path / "migrations" / "versions" / "2026_12_01_0005_widen_email.py").write_text(
         WIDEN_EMAIL
     )
     env = {**os.environ, "DATABASE_URL": url_of(engine)}

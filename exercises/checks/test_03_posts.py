@@ -1,6 +1,9 @@
-"""Exercise 3: a posts table with a foreign key to users, and two routes."""
+"""Exercise 3: a posts table with a foreign key to users, two routes, and the revision that adds
+the table to a database that holds users already."""
 
 from sqlalchemy import inspect, text
+
+from exercises.checks.migrating import add_users, models_match, upgrade_with_rows
 
 
 def new_user(client, name="ada") -> int:
@@ -56,3 +59,22 @@ def test_deleting_a_user_deletes_their_posts(client, engine):
     # SQLite may give the next user the deleted user's id: their posts must not come back.
     next_id = new_user(client, "grace")
     assert client.get(f"/users/{next_id}/posts").json() == []
+
+
+def test_an_existing_database_gets_the_table_and_keeps_every_row(engine):
+    # The database as it was before your change (after exercise 2, if you did it), with users
+    # in it; then your revision, which follows the newest one before it.
+    migration = upgrade_with_rows(
+        engine,
+        add_users,
+        lambda database: database.has_table("posts"),
+        "no revision adds the posts table",
+    )
+    assert migration.before["users"] == migration.after["users"] == 2, migration
+    assert migration.after["posts"] == 0
+    models_match(engine)  # the newest revision's tables are exactly what the models declare
+    with engine.begin() as connection:  # a post for a user who was there before
+        connection.execute(
+            text("INSERT INTO posts (user_id, title, body) SELECT id, 'Hello', 'x' FROM users")
+        )
+        assert connection.execute(text("SELECT COUNT(*) FROM posts")).scalar() == 2

@@ -4,18 +4,19 @@ connection leaked when a request fails."""
 import inspect
 
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import main
 
 
 @pytest.fixture
-def approach_b(client, engine):
+def approach_b(client):
+    # exercises/conftest.py binds SessionLocal to the test database, as conftest.py points
+    # main.db_engine at it.
     factory = getattr(main, "SessionLocal", None)
     assert isinstance(factory, sessionmaker), "define SessionLocal = sessionmaker(...)"
-    factory.configure(bind=engine)  # the test database, as the fixtures do for db_engine
-    yield client
-    factory.configure(bind=main.db_engine)
+    return client
 
 
 def test_no_route_takes_a_session_from_a_dependency(approach_b):
@@ -57,8 +58,8 @@ def test_sessions_are_not_left_open(approach_b, monkeypatch):
     opened: list[Session] = []
     make_session = main.SessionLocal
 
-    def tracking() -> Session:
-        opened.append(make_session())
+    def tracking(**options) -> Session:
+        opened.append(make_session(**options))
         return opened[-1]
 
     monkeypatch.setattr(main, "SessionLocal", tracking)
@@ -68,3 +69,20 @@ def test_sessions_are_not_left_open(approach_b, monkeypatch):
     client.get("/users/")
     assert opened, "the routes did not use SessionLocal"
     assert all(not session.in_transaction() for session in opened)
+
+
+def test_the_routes_use_db_engine_as_the_tests_set_it(approach_b, rows, tmp_path):
+    # conftest.py, and so `pytest test_main.py`, points main.db_engine at a test database. A
+    # session bound to the engine SessionLocal was made with would reach your own app.db.
+    factory = main.SessionLocal
+    bound, elsewhere = factory.kw.get("bind"), create_engine(f"sqlite:///{tmp_path}/other.db")
+    factory.configure(bind=elsewhere)
+    try:
+        response = approach_b.post("/users/", json={"username": "ada", "email": "a@example.com"})
+    finally:
+        factory.configure(bind=bound)
+        elsewhere.dispose()
+    assert response.status_code == 201 and [row[1] for row in rows()] == ["ada"], (
+        "POST /users/ did not write to main.db_engine's database: open each session with"
+        " SessionLocal(bind=db_engine), so that it takes db_engine as it is at that moment"
+    )
