@@ -58,9 +58,9 @@ class UserTable(BaseModelClass):
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 def one_spelling(name: str) -> str:  # a username is text, not code points (README: Usernames)
     folded = unicodedata.normalize("NFKC", name)  # é, or e and an accent; ﬁ or fi: one spelling
-    invisible = [f"U+{ord(c):04X}" for c in folded if unicodedata.category(c) == "Cf"]
-    if set(invisible) - {"U+200C", "U+200D"}:  # those two join emoji and letters in some scripts
-        raise ValueError(f"invisible or direction-changing characters: {', '.join(invisible)}")
+    invisible = {f"U+{ord(c):04X}" for c in folded if unicodedata.category(c) == "Cf"}
+    if refused := sorted(invisible - {"U+200C", "U+200D"}):  # these join emoji, and some letters
+        raise ValueError(f"invisible or direction-changing characters: {', '.join(refused)}")
     return folded
 
 

@@ -17,9 +17,12 @@ import httpx2
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def copy_app(folder: Path) -> Path:
-    """main.py with what it needs beside it (its Alembic revisions), copied into folder."""
+def copy_app(folder: Path, learner_code: str = "") -> Path:
+    """main.py with what it needs beside it (its Alembic revisions), copied into folder, and
+    with a learner's code (routes, a model) appended to it, as a student adds them."""
     shutil.copy(ROOT / "main.py", folder / "main.py")
+    with (folder / "main.py").open("a") as main_py:
+        main_py.write(learner_code)
     shutil.copy(ROOT / "alembic.ini", folder / "alembic.ini")
     shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
     return folder

@@ -126,9 +126,7 @@ def learner_report(session: SessionDep) -> dict:
 
 
 def test_a_statement_longer_than_the_bound_is_stopped_on_the_server(mysql_engine, tmp_path):
-    copy_app(tmp_path)
-    with (tmp_path / "main.py").open("a") as main_py:
-        main_py.write(LONG_REPORT)
+    copy_app(tmp_path, LONG_REPORT)
     server = UvicornServer(url_of(mysql_engine), cwd=tmp_path, extra_env={"DB_TIMEOUT": str(BOUND)})
     with server.wait_started(), server.client() as http, mysql_engine.connect() as admin:
         seconds, response = timed(lambda: http.get("/learner/report"))
@@ -291,9 +289,7 @@ class NoteTable(BaseModelClass):  # a learner's second table, with no revision y
 def test_a_missing_table_stops_startup_naming_it_and_the_two_commands(engine, tmp_path):
     with UvicornServer(url_of(engine)).wait_started():  # creates today's table, stamped
         pass
-    copy_app(tmp_path)
-    with (tmp_path / "main.py").open("a") as main_py:
-        main_py.write(NEW_TABLE)
+    copy_app(tmp_path, NEW_TABLE)
     server = UvicornServer(url_of(engine), cwd=tmp_path)
     code = server.process.wait(timeout=30)
     server.stop()

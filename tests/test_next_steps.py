@@ -18,14 +18,6 @@ from tests.support import UvicornServer, copy_app
 ADA = {"username": "ada", "email": "ada@example.com"}
 
 
-def learner_app(tmp_path, routes: str):
-    """A copy of main.py with a learner's routes appended, as a student adds them."""
-    copy_app(tmp_path)
-    with (tmp_path / "main.py").open("a") as main_py:
-        main_py.write(routes)
-    return tmp_path
-
-
 def names(engine) -> list[str]:
     with engine.connect() as connection:
         return sorted(connection.execute(text("SELECT username FROM users")).scalars())
@@ -51,7 +43,7 @@ def learner_abandon(user: UserInput):
 
 
 def test_a_write_its_request_abandoned_is_never_committed_by_a_later_request(engine, tmp_path):
-    app = learner_app(tmp_path, FORGOTTEN_CLOSE)
+    app = copy_app(tmp_path, FORGOTTEN_CLOSE)
     answers: list = []
     with UvicornServer(url_of(engine), cwd=app).wait_started() as server, server.client() as http:
         for round_number in range(3):
@@ -190,7 +182,7 @@ def test_a_deadlock_on_a_form_route_runs_it_again_or_answers_busy(mysql_engine, 
     # form: the victim runs again with the same body, meets the winner's row and gets its 409.
     # The large body is over the app's 64 KiB (the route allows more): an honest 503 busy.
     need("python_multipart")  # which FastAPI needs for Form() and File()
-    app = learner_app(tmp_path, FORM_ROUTES)
+    app = copy_app(tmp_path, FORM_ROUTES)
     if kind == "form":
         path, send = "/learner/signup-form", {"data": {"username": "x", "email": "a@e.com"}}
     else:

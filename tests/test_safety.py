@@ -48,9 +48,7 @@ def learner_note(note: dict) -> dict:
 @pytest.fixture
 def learner_app(engine, tmp_path):
     """`uvicorn main:app` from a copy of main.py with the learner's routes above appended."""
-    copy_app(tmp_path)
-    with (tmp_path / "main.py").open("a") as main_py:
-        main_py.write(LEARNER_ROUTES)
+    copy_app(tmp_path, LEARNER_ROUTES)
     with UvicornServer(url_of(engine), cwd=tmp_path).wait_started() as server:
         yield server
 
@@ -66,9 +64,7 @@ def test_a_deadlock_after_a_commit_is_not_run_again_and_answers_500(mysql_engine
     # wait; the holder rolls back, and the two waiters deadlock. The victim had committed its
     # user already: running it again would write that part twice. (Their usernames sort after
     # "shared": a waiter's next-key lock on "shared" also covers the gap before it.)
-    copy_app(tmp_path)
-    with (tmp_path / "main.py").open("a") as main_py:
-        main_py.write(LEARNER_ROUTES)
+    copy_app(tmp_path, LEARNER_ROUTES)
     server = UvicornServer(url_of(mysql_engine), cwd=tmp_path)
     with server.wait_started(), server.client() as http:
         holder = mysql_engine.connect()

@@ -51,15 +51,8 @@ CLIENTS = 64
 REQUESTS = 640
 
 
-def app_with_learner_routes(tmp_path):
-    copy_app(tmp_path)
-    with (tmp_path / "main.py").open("a") as main_py:
-        main_py.write(LEARNER_ROUTES)
-    return tmp_path
-
-
 def test_learner_routes_under_64_clients_all_answer_2xx(mysql_engine, tmp_path):
-    server = UvicornServer(url_of(mysql_engine), cwd=app_with_learner_routes(tmp_path))
+    server = UvicornServer(url_of(mysql_engine), cwd=copy_app(tmp_path, LEARNER_ROUTES))
     limits = httpx2.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     with server.wait_started(), server.client(limits=limits, timeout=30) as http:
         seed = http.post("/learner/users/", json={"username": "seed", "email": "s@example.com"})
