@@ -1,9 +1,11 @@
 """Shared fixtures: every test that takes `client` runs once on SQLite and once on MySQL."""
 
 import importlib
+import importlib.util
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session
 
 import main
 from tests.galera import MISSING as GALERA_SKIPPED
-from tests.support import TcpProxy
+from tests.support import TcpProxy, copy_app
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
@@ -38,7 +40,7 @@ def make_engine(backend: str, tmp_path) -> Engine:
         pytest.skip(MYSQL_SKIPPED)
     url = MYSQL_URL if backend == "mysql" else f"sqlite:///{tmp_path}/test.db"
     test_engine = main.create_db_engine(url)
-    main.limit_waits(test_engine)  # both, as main.py does for db_engine
+    main.guard_engine(test_engine)  # both, as main.py does for db_engine
     return emptied(test_engine)
 
 
@@ -75,6 +77,32 @@ def rows(engine: Engine) -> Callable[[], list[tuple[int, str, str]]]:
             return [(user.id, user.username, user.email) for user in users]
 
     return read
+
+
+@pytest.fixture
+def learner_app(engine, tmp_path: Path, monkeypatch) -> Iterator[Callable[..., ModuleType]]:
+    """Loads a copy of main.py with a learner's code appended, as a student adds it, pointed at
+    the test's database: `learner_app(code, DB_POOL_SIZE="1")`. Each copy is its own module,
+    with its own engine, turns and app, and runs in this process (TestClient, caplog)."""
+    loaded: list[ModuleType] = []
+
+    def load(learner_code: str = "", **settings: str) -> ModuleType:
+        folder = tmp_path / f"learner-app-{len(loaded)}"
+        folder.mkdir()
+        copy_app(folder, learner_code)
+        for name, value in {"DATABASE_URL": url_of(engine), **settings}.items():
+            monkeypatch.setenv(name, value)
+        spec = importlib.util.spec_from_file_location(
+            f"learner_main_{len(loaded)}", folder / "main.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(module)
+        return module
+
+    yield load
+    for module in loaded:
+        module.db_engine.dispose()
 
 
 def url_of(engine: Engine, proxy: TcpProxy | None = None) -> str:

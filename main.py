@@ -29,6 +29,7 @@ def create_db_engine(database_url: str) -> Engine:  # the tests build their engi
         pool_size=settings.db_pool_size,
         pool_pre_ping=True,  # a server restarts, a network drops: test a connection before use
         pool_recycle=3600,  # MySQL closes connections idle for 8 hours: renew ours every hour
+        pool_timeout=settings.db_timeout / 2,  # at most this long for a free one (part 3: waits)
     )
 
 
@@ -86,18 +87,14 @@ class UserOutput(BaseModel):  # what a client gets back: the tutorial's dict, as
 
 # --- Section 4.2: one Session per request, always closed ------------------------------------
 async def get_session() -> AsyncIterator[Session]:
-    # For a route of your own: a plain `def` route (FastAPI runs it in a thread, so its SQL
-    # never blocks other requests) taking `session: SessionDep`, or the tutorial's
-    # `Depends(get_session)`. Call other services (e-mail, payments) after commit(): when two
-    # requests wait for each other's rows, the database undoes one, and part 3 runs it again.
-    with Session(db_engine, expire_on_commit=False) as session:  # readable after commit()
-        # async: it waits on the event loop, not in a thread, for one of DB_POOL_SIZE turns.
-        async with database_turn(session):  # part 3: a turn comes with a free connection
-            yield session
+    # The request's one session, whichever route or dependency asks and however often: part 3
+    # opens it at the first ask, after a turn (one of DB_POOL_SIZE), and closes it once the answer
+    # is built, before it is sent. Routes of your own: README, section 6.
+    session = await session_of_this_request()
+    yield session
 
 
-# "function": closed when the route returns; by default, only once a slow client has it all.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionDep = Annotated[Session, Depends(get_session)]  # shorter to write, the same session
 
 
 # --- Section 5: the application -------------------------------------------------------------
@@ -210,16 +207,27 @@ def delete_user(user_id: UserId, session: SessionDep) -> None:
 # === Part 3: what a real service adds =======================================================
 import logging
 import pathlib
+import threading
 import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from inspect import iscoroutinefunction
+from typing import get_type_hints
 
 import anyio
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from anyio import from_thread
 from anyio.lowlevel import RunVar
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import Dialect, event, exc, inspect
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.routing import APIRoute
+from sqlalchemy import Connection, Dialect, event, exc, inspect
+from sqlalchemy.orm import sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
 app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs shows these
@@ -232,13 +240,18 @@ BUSY_CODES = {1213, 1205, 1969, 3024, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
 REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
-# database_turn() notes on a database error whether get_session's session had committed.
-NOTHING_COMMITTED, COMMITTED = "nothing committed yet", "the request had committed already"
+this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
 
 
-# --- Bounded waits: PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s ---------
-def limit_waits(engine: Engine) -> None:  # db_engine's, and the tests' engines (conftest.py)
+# --- The engine: bounded waits, and each commit noted for the request that sent it -----------
+def guard_engine(engine: Engine) -> None:  # db_engine's, and the tests' engines (conftest.py)
+    @event.listens_for(engine, "commit")  # as a COMMIT is sent, by any session of the request
+    def note_commit(connection: Connection) -> None:
+        if work := this_request.get(None):
+            work.commits += 1
+
+    # PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait.
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
         if dialect.name == "sqlite":  # another writer holds the file: wait this long
@@ -256,106 +269,178 @@ def limit_waits(engine: Engine) -> None:  # db_engine's, and the tests' engines 
         options["init_command"] = f"SET SESSION {locks} /*M!, {mariadb} */ /*!50708 , {mysql} */"
 
 
-limit_waits(db_engine)
+guard_engine(db_engine)
 
 
-# --- Turns: at most DB_POOL_SIZE sessions at once -------------------------------------------
+# --- Turns: at most DB_POOL_SIZE sessions at once, each closed with one ROLLBACK at most -----
 # A read keeps its connection until FastAPI, in another thread, has checked its answer: with more
 # sessions than connections, threads would wait for connections held by requests waiting for them.
-@asynccontextmanager
-async def database_turn(session: Session) -> AsyncIterator[None]:
+# So a session waits for a turn first, on the event loop, where waiting holds no thread.
+async def take_turn(work: "RequestWork | None" = None) -> anyio.Semaphore:
     if (turns := turns_of_this_loop.get(None)) is None:
         turns_of_this_loop.set(turns := anyio.Semaphore(settings.db_pool_size))
-    try:
-        with anyio.fail_after(WAIT_SECONDS):
-            await turns.acquire()
-    except TimeoutError:  # every turn is taken: the app's own limit, not the database
-        logger.warning("No database turn free in %g s: answered 503 busy", WAIT_SECONDS)
-        raise HTTPException(503, "Database busy, try again", {"Retry-After": "1"}) from None
-
-    @event.listens_for(session, "after_commit")
-    def remember_commit(session: Session) -> None:
-        session.info["committed"] = True
-
-    try:
-        yield
-    except exc.DBAPIError as error:
-        error.add_note(COMMITTED if session.info.get("committed") else NOTHING_COMMITTED)
-        raise
-    finally:  # closed before the next request's turn; after a read closing sends a ROLLBACK,
-        try:  # which waits for the server: in a thread. After a commit it sends nothing.
-            await run_in_threadpool(session.close) if session.in_transaction() else session.close()
-        except exc.DBAPIError as error:  # the connection died: the server rolls back by itself
-            logger.warning("Closing a session: %s", error.orig)
-        finally:
+    waited = turns.value == 0
+    with anyio.move_on_after(WAIT_SECONDS):
+        await turns.acquire()
+        if waited and work and await work.client_gone():  # it waited: is its client still there?
             turns.release()
+            logger.info("%s: the client was gone before its turn came, not run", work.where)
+            raise HTTPException(499, "Client closed the request")
+        return turns
+    raise exc.TimeoutError(f"No database turn free in {WAIT_SECONDS:g} s")  # answered 503 busy
 
 
-# --- A deadlock: the request runs once more, unless it has committed something --------------
-# MySQL (or Galera, for a clash of nodes' writes) undoes one transaction of a deadlock: run again,
-# it meets the winner's rows. After a commit that part would be written twice: then a 500.
-class RunAgain(Exception):
-    pass
+# Readable after commit(); once closed, unusable (never a connection outside a turn).
+session_factory = sessionmaker(expire_on_commit=False, close_resets_only=False)
 
 
-def run_again_after_deadlock(inner: ASGIApp) -> ASGIApp:
+@event.listens_for(session_factory, "after_begin")  # registered once, for every session
+def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
+    session.info["connection"] = connection
+
+
+def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits for the server
+    if session.is_active and "connection" in session.info:  # close() alone: two ROLLBACKs
+        session.info["connection"].close()  # ends the transaction with one
+    session.close()
+
+
+@contextmanager
+def new_session() -> Iterator[Session]:
+    """A session and a turn of its own, for work after a request's own code: a streamed answer,
+    a background task, a WebSocket's message (README, section 6). Use it in a plain def."""
+    turns = from_thread.run(take_turn)
+    session = session_factory(bind=db_engine)
+    try:
+        yield session
+    finally:
+        close_session(session)
+        from_thread.run_sync(turns.release)
+
+
+# --- One request, one session: opened at the first ask, closed before the answer is sent -----
+async def session_of_this_request() -> Session:  # in another app's route: mount main.app there
+    return await this_request.get().open_session()
+
+
+class RequestWork:
+    """One run of a request: its session and turn, its commits and its answer. The body it read
+    is kept for a second run."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, kept: list[Message]) -> None:
+        self.scope, self.from_client, self.to_client, self.kept = scope, receive, send, kept
+        self.where = f"{scope.get('method', 'WebSocket')} {scope['path']}"
+        self.can_run_again = scope["type"] == "http" and not kept  # a first run, over HTTP
+        self.session, self.turns, self.delivered, self.commits, self.answered = (
+            None,
+            None,
+            0,
+            0,
+            False,
+        )
+
+    async def open_session(self) -> Session:
+        if self.session is None:
+            if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
+                await run_in_threadpool(prepare_app)
+            self.turns = await take_turn(self if self.scope["type"] == "http" else None)
+            self.session = session_factory(bind=db_engine)
+        return self.session
+
+    async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
+        if self.turns is not None:
+            turns, self.turns = self.turns, None
+            try:  # after a commit closing sends nothing; after a read, a ROLLBACK: in a thread
+                if self.session.in_transaction():
+                    await run_in_threadpool(close_session, self.session)
+                self.session.close()
+            except exc.DBAPIError as error:  # the connection died: the server rolls back by itself
+                logger.warning("Closing a session: %s", error.orig)
+            finally:
+                turns.release()
+
+    async def receive(self) -> Message:
+        if self.delivered == len(self.kept):
+            message = await self.from_client()
+            if message["type"] != "http.request" or not self.can_run_again:
+                return message
+            self.kept.append(message)  # over the app's limit, Starlette refuses a second run
+            self.can_run_again = sum(len(part["body"]) for part in self.kept) <= app.max_body_size
+        self.delivered += 1
+        return self.kept[self.delivered - 1]
+
+    async def client_gone(self) -> bool:  # looks at what has arrived, without waiting
+        message: Message = {}
+        with anyio.CancelScope() as peek:
+            peek.cancel()
+            while (message := await self.from_client())["type"] == "http.request":
+                self.kept.append(message)  # the route's, to be read
+        return message.get("type") == "http.disconnect"
+
+    async def send(self, message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept") and not self.answered:
+            self.answered = True  # the answer is built: an idle socket or a slow client holds
+            await self.close()  # no turn, nor a background task after it
+        await self.to_client(message)
+
+
+def one_session_per_request(inner: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        as_it_came, body = dict(scope), []  # a second run gets these: the scope, the body read
-        scope["can_run_again"] = True
-
-        async def receive_and_keep() -> dict:
-            message = await receive()
-            if message["type"] == "http.request" and scope["can_run_again"]:
-                body.append(message)  # over the app's limit, Starlette refuses a second run
-                kept = sum(len(part.get("body", b"")) for part in body)
-                scope["can_run_again"] = kept <= app.max_body_size
-            return message
-
-        try:
-            return await inner(scope, receive_and_keep, send)
-        except RunAgain:
-            replay = iter(body)
-
-        async def receive_again() -> dict:  # the same body, then what the client sends
-            return next(replay, None) or await receive()
-
-        await inner({**as_it_came, "can_run_again": False}, receive_again, send)
+        if scope["type"] == "lifespan":
+            return await inner(scope, receive, send)
+        as_it_came, kept = dict(scope), []
+        for _ in range(2):  # a second run only after a deadlock, before anything was committed
+            work = RequestWork({**as_it_came}, receive, send, kept)
+            token = this_request.set(work)
+            try:
+                return await inner(work.scope, work.receive, work.send)
+            except (exc.DBAPIError, exc.TimeoutError) as error:
+                answer = database_error(error, work)
+            finally:
+                await work.close()
+                this_request.reset(token)
+            if answer is not None:
+                return await answer(work.scope, work.receive, send)
 
     return middleware
 
 
-app.add_middleware(run_again_after_deadlock)
+app.add_middleware(one_session_per_request)
 
 
 # --- Database errors: an honest answer for each, the real cause in the log -------------------
-def driver_code(error: Exception) -> int | str | None:  # MySQL's number, SQLite's name
-    cause = getattr(error, "orig", None)  # none: the pool had no free connection
-    return cause and (getattr(cause, "sqlite_errorname", None) or cause.args[0])
-
-
-@app.exception_handler(exc.DBAPIError)
-@app.exception_handler(exc.TimeoutError)  # the pool's
-async def database_error(request: Request, error: Exception) -> JSONResponse:
-    code, where = driver_code(error), f"{request.method} {request.url.path}"
-    cause = f"{type(error).__name__} ({code}) {getattr(error, 'orig', error).args[-1]}"  # no SQL
-    notes = getattr(error, "__notes__", [])  # database_turn()'s: none for a session of yours
-    if code == 1213 and NOTHING_COMMITTED in notes and request.scope.get("can_run_again"):
-        logger.warning("Database error on %s, running it again: %s", where, cause)
-        raise RunAgain  # run_again_after_deadlock() runs the request a second time
+def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
+    """The answer to a database error, or None: run the request again."""
+    cause = getattr(error, "orig", None)  # the driver's error; none: no turn or connection free
+    code = cause and (getattr(cause, "sqlite_errorname", None) or cause.args[0])
+    cause = f"{type(error).__name__} ({code}) {(cause or error).args[-1]}"  # never the SQL
+    # A commit is noted as it is sent: a COMMIT that failed itself (no statement) did not commit.
+    committed = work.commits > (isinstance(error, exc.DBAPIError) and error.statement is None)
+    if work.scope["type"] == "websocket":
+        logger.error("Database error on %s, closed with 1011: %s", work.where, cause)
+        return WebSocketClose(status.WS_1011_INTERNAL_ERROR)
+    if work.answered:  # a streamed answer has begun: nothing more can be said to the client
+        logger.error("Database error on %s, after the answer began: %s", work.where, cause)
+        raise error
+    # MySQL (or Galera, for a clash of nodes' writes) undoes one transaction of a deadlock: run
+    # again, it meets the winner's rows. After a commit that part would be written twice: a 500.
+    if code == 1213 and not committed and work.can_run_again:
+        logger.warning("Database error on %s, running it again: %s", work.where, cause)
+        return None
     # A taken username: the unique index decides, not a SELECT first, which races would pass.
     conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
     if conflict and "username" in cause[-20:]:
         return JSONResponse({"detail": "Username already taken"}, status.HTTP_409_CONFLICT)
     if conflict:  # another rule: a bug, logged
         status_code, detail = 409, "Conflicts with existing data"
-    elif (code in BUSY_CODES and COMMITTED not in notes) or isinstance(error, exc.TimeoutError):
+    elif (code in BUSY_CODES and not committed) or isinstance(error, exc.TimeoutError):
         status_code, detail = 503, "Database busy, try again"  # sent again, it is likely to work
     elif code in UNAVAILABLE_CODES or error.connection_invalidated:
         status_code, detail = 503, "Database unavailable"
     else:  # the schema and the model disagree, a bug, or busy after a commit: see the log
         status_code, detail = 500, "Internal Server Error"
-        cause += f"; not run again: {COMMITTED}" if COMMITTED in notes else ""
-    logger.error("Database error on %s, answered %s %s: %s", where, status_code, detail, cause)
+        cause += "; not run again: the request had committed already" if committed else ""
+    logger.error("Database error on %s, answered %s %s: %s", work.where, status_code, detail, cause)
     retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
     headers = {"Retry-After": retry_after} if retry_after else None
     return JSONResponse({"detail": detail}, status_code, headers=headers)
@@ -370,41 +455,68 @@ async def livez() -> dict[str, str]:
 
 @app.get("/readyz", tags=["health"])
 def readyz(session: SessionDep) -> dict[str, str]:
-    """A table answers within DB_TIMEOUT: send traffic. (`SELECT 1` passes without quorum.)"""
-    session.scalar(select(UserTable.id).limit(1))
+    """Every table is there and answers within DB_TIMEOUT: send traffic."""
+    if problem := schema_problem(session.connection()):
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, problem)
+    session.scalar(select(UserTable.id).limit(1))  # a table's row: SELECT 1 passes without quorum
     return {"status": "ready"}
 
 
 # --- Startup: wait for the database, create the tables, tell Alembic ------------------------
-def prepare_database() -> None:
+prepared_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # once per process and engine
+preparing = threading.Lock()  # concurrent first requests: one prepares, the others wait
+
+
+def prepare_database() -> None:  # at startup, which prepares again
     url = db_engine.url.render_as_string(hide_password=True)
     logger.info("Database: %s", url)
+    prepared_engines.discard(db_engine)
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
-    while True:  # workers starting together may also meet here: each tries again
+    while db_engine not in prepared_engines:  # workers starting together may also meet here
         try:
-            return prepare_tables()
+            prepare_app()
         except (exc.OperationalError, exc.IntegrityError) as error:
-            if driver_code(error) in REFUSED_AT_ONCE or (left := deadline - time.monotonic()) <= 0:
+            refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
+            if refused or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {error.orig}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
             logger.warning("Database not ready (%s): again in %.2f s", error.orig, pause)
             time.sleep(min(pause, left))
             pause *= 2
+    if problem := schema_problem(db_engine):  # create_all never changes a table that exists
+        raise RuntimeError(problem)
 
 
-def prepare_tables() -> None:
-    # Alembic manages a database with an alembic_version table: create_all leaves it alone.
-    database = inspect(db_engine)
-    if not database.has_table("alembic_version"):
-        none_yet = not any(map(database.has_table, BaseModelClass.metadata.tables))
-        create_tables()
-        migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py alone
-        if none_yet and migrations.is_dir():  # made from nothing: the newest revision's tables
-            with db_engine.begin() as connection:
-                context = MigrationContext.configure(connection)
-                context.stamp(ScriptDirectory(str(migrations)), "head")
-    # create_all never changes a table that exists: stop if one lacks what the models declare.
-    database = inspect(db_engine)
+def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+    with preparing:
+        if db_engine in prepared_engines:
+            return
+        # Alembic manages a database with an alembic_version table: create_all leaves it alone.
+        database = inspect(db_engine)
+        if not database.has_table("alembic_version"):
+            none_yet = not any(map(database.has_table, BaseModelClass.metadata.tables))
+            create_tables()
+            migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py
+            if none_yet and migrations.is_dir():  # made from nothing: the newest revision's
+                with db_engine.begin() as connection:
+                    context = MigrationContext.configure(connection)
+                    context.stamp(ScriptDirectory(str(migrations)), "head")
+        for route in app.routes:  # an async def route runs its SQL on the event loop
+            takes = isinstance(route, APIRoute) and get_type_hints(route.endpoint).values()
+            if takes and Session in takes and iscoroutinefunction(route.endpoint):
+                logger.warning(
+                    "%s %s (%s) is an async def route that takes the session: while its SQL"
+                    " waits, no other request moves. Make it a plain def (README, section 6).",
+                    ",".join(sorted(route.methods)),
+                    route.path,
+                    route.name,
+                )
+        prepared_engines.add(db_engine)
+
+
+def schema_problem(bind: Engine | Connection) -> str | None:
+    """A table or a column that the models declare and the database lacks, and what to do."""
+    database = inspect(bind)
     for table in BaseModelClass.metadata.sorted_tables:
         there = database.has_table(table.name)
         existing = {column["name"] for column in database.get_columns(table.name)} if there else ()
@@ -412,8 +524,9 @@ def prepare_tables() -> None:
             repr(column.name) for column in table.columns if column.name not in existing
         ]:
             problem = f"has no column {', '.join(missing)}" if there else "is missing"
-            raise RuntimeError(
+            return (
                 f"Table '{table.name}' {problem}, which the models declare. If no revision has"
                 ' it yet, write one (`alembic revision --autogenerate -m "..."`), then run'
                 " `alembic upgrade head` (README: Changing the schema)."
             )
+    return None

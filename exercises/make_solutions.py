@@ -311,7 +311,7 @@ def approach_b(src: str) -> str:
     src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
     src = add_import(src, "sqlalchemy.orm", "sessionmaker")
     start = src.index("# --- Section 4.2")
-    session_dep = 'SessionDep = Annotated[Session, Depends(get_session, scope="function")]'
+    session_dep = "SessionDep = Annotated[Session, Depends(get_session)]"
     end = src.index("\n", src.index(session_dep)) + 1
     src = (
         src[:start]

@@ -1,15 +1,16 @@
 """What a learner or a copy-paster does next must keep working (issue 24): a forgotten close(),
-the app mounted in a bigger app, TestClient without `with`, a WebSocket route, a form route that
-loses a deadlock, and a slow client. Each was a failure of the app's own machinery."""
+the app mounted in a bigger app, TestClient without `with`, a form route that loses a deadlock,
+and a slow client. Each was a failure of the app's own machinery. (WebSockets, streams and
+background tasks: tests/test_one_session_per_request.py.)"""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import pytest
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 import main
 from conftest import need, url_of
@@ -87,20 +88,6 @@ def test_testclient_without_with_answers(tables, rows):
     assert created.status_code == 201, created.text
     assert client.get(f"/users/{created.json()['id']}").json() == created.json()
     assert [row[1] for row in rows()] == ["ada"]
-
-
-def test_a_websocket_route_takes_the_session_from_the_dependency(tables, client):
-    client.post("/users/", json=ADA)
-    sockets = FastAPI()
-
-    @sockets.websocket("/count")
-    async def count_users(websocket: WebSocket, session: main.SessionDep) -> None:
-        await websocket.accept()
-        await websocket.send_json({"users": session.scalar(select(func.count(main.UserTable.id)))})
-        await websocket.close()
-
-    with TestClient(sockets).websocket_connect("/count") as websocket:
-        assert websocket.receive_json() == {"users": 1}
 
 
 # --- The session and its turn go before the answer is sent -----------------------------------

@@ -1,15 +1,15 @@
 """A pytest plugin that breaks main.py on purpose for exercise 5: POST /users/ is replaced by a
 route that looks for the username with a SELECT before the INSERT, and nothing turns the unique
-index's IntegrityError into a 409. One request at a time, a duplicate still gets 409; two at
-once both pass the check, and one of them gets a 500. The route opens its own session on
-main.db_engine, so it works with the dependency of today's main.py and with exercise 6's
-SessionLocal alike."""
+index's IntegrityError into a 409: the route turns it into an error of its own. One request at
+a time, a duplicate still gets 409; two at once both pass the check, and one of them gets a 500.
+The route opens its own session on main.db_engine, so it works with the dependency of today's
+main.py and with exercise 6's SessionLocal alike."""
 
 import time
 
 from fastapi import HTTPException
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import main
@@ -23,7 +23,10 @@ def racy_create_user(user: main.UserInput) -> main.UserTable:
         time.sleep(0.05)  # the window between the check and the INSERT, made wide
         new_user = main.UserTable(username=user.username, email=user.email)
         session.add(new_user)
-        session.commit()  # a duplicate that slipped through the check fails here
+        try:
+            session.commit()  # a duplicate that slipped through the check fails here
+        except IntegrityError as error:  # and no safety net answers 409: a 500
+            raise RuntimeError("a duplicate slipped through the check") from error
         return new_user
 
 
@@ -33,4 +36,3 @@ main.app.router.routes[:] = [
     if not (getattr(route, "path", "") == "/users/" and "POST" in getattr(route, "methods", ()))
 ]
 main.app.post("/users/", response_model=main.UserOutput, status_code=201)(racy_create_user)
-main.app.exception_handlers.pop(DBAPIError)  # no safety net either: a duplicate is a 500

@@ -1,0 +1,580 @@
+"""One session and one turn per request, however a route asks for it (issue 30).
+
+Each case is a learner's next step past the tutorial, written the way FastAPI's docs teach it and
+appended to a copy of main.py (conftest.py's `learner_app`, or a real `uvicorn main:app` where a
+real client has to go away). Before the fix each one escaped the turns or deadlocked on them."""
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2
+import pymysql.connections
+import pytest
+import sqlalchemy.event
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import exc, text
+from starlette.websockets import WebSocketDisconnect
+
+from conftest import url_of
+from tests.support import UvicornServer, copy_app
+
+ADA = {"username": "ada", "email": "ada@example.com"}
+FAST = {"DB_TIMEOUT": "4"}  # each single wait 2 s: a 503 for want of a turn comes after 2 s
+
+
+def count(engine, table: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar()
+
+
+# --- 1. Two spellings, one session ------------------------------------------------------------
+TWO_SPELLINGS = """
+
+# --- Added by a learner: a dependency that takes the session, as FastAPI's docs write one -----
+from fastapi import Depends, HTTPException
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+
+def get_current_user(session: Session = Depends(get_session)) -> UserTable:
+    user = session.get(UserTable, 1)
+    if user is None:
+        raise HTTPException(status_code=404, detail="User not found")
+    return user
+
+
+@app.get("/learner/me")
+def read_me(session: SessionDep, user: UserTable = Depends(get_current_user)) -> dict:
+    return {"username": user.username, "one_session": user in session}
+
+
+def touch_user(session: Session = Depends(get_session)) -> None:
+    # An UPDATE sent now, not committed: its row stays locked until the request commits.
+    session.execute(update(UserTable).where(UserTable.id == 1).values(email="seen@example.com"))
+
+
+@app.patch("/learner/me/rename")
+def rename_me(session: SessionDep, _: None = Depends(touch_user)) -> dict:
+    session.get(UserTable, 1).username = "renamed"
+    session.commit()
+    return {"renamed": True}
+"""
+
+
+def test_a_dependency_and_its_route_share_one_session(learner_app, engine):
+    app = learner_app(TWO_SPELLINGS, DB_POOL_SIZE="1", **FAST)
+    with TestClient(app.app) as client:
+        assert client.post("/users/", json=ADA).status_code == 201
+        started = time.monotonic()
+        response = client.get("/learner/me")
+    print(f"\n{engine.dialect.name}: {response.status_code} {response.json()}", end="")
+    print(f" after {time.monotonic() - started:.2f} s")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"username": "ada", "one_session": True}
+
+
+def test_requests_that_ask_for_the_session_twice_never_wait_for_themselves(learner_app, engine):
+    # The default 4 turns, 8 such requests at once, three bursts.
+    app = learner_app(TWO_SPELLINGS, **FAST)
+    with TestClient(app.app) as client:
+        assert client.post("/users/", json=ADA).status_code == 201
+        bursts = []
+        for _ in range(3):
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                answers = list(pool.map(lambda _: client.get("/learner/me").status_code, range(8)))
+            bursts.append(Counter(answers))
+    print(f"\n{engine.dialect.name}: three bursts of 8: {bursts}")
+    assert bursts == [Counter({200: 8})] * 3
+
+
+def test_a_route_that_updates_a_row_its_dependency_updated_does_not_wait_on_itself(
+    learner_app, engine, rows
+):
+    app = learner_app(TWO_SPELLINGS, **FAST)
+    with TestClient(app.app) as client:
+        assert client.post("/users/", json=ADA).status_code == 201
+        started = time.monotonic()
+        response = client.patch("/learner/me/rename")
+    print(f"\n{engine.dialect.name}: {response.status_code} {response.json()}", end="")
+    print(f" after {time.monotonic() - started:.2f} s")
+    assert response.status_code == 200, response.text
+    assert rows() == [(1, "renamed", "seen@example.com")]
+
+
+AUDITED_SIGNUP = """
+
+# --- Added by a learner: a second table, and a dependency that commits to it -----------------
+from fastapi import Depends
+from sqlalchemy.orm import Session
+
+
+class AuditTable(BaseModelClass):
+    __tablename__ = "learner_audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(100))
+
+
+def audited(user: UserInput, session: Session = Depends(get_session)) -> UserInput:
+    session.add(AuditTable(action=f"signup {user.username}"))
+    session.commit()
+    return user
+
+
+@app.post("/learner/signup", status_code=201)
+def learner_signup(session: SessionDep, user: UserInput = Depends(audited)) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_deadlock_after_a_dependencys_commit_answers_500_and_keeps_one_audit_row_each(
+    learner_app, engine, caplog
+):
+    # InnoDB's textbook deadlock (tests/test_database_errors.py): a holder keeps a new username
+    # "x" uncommitted; two sign-ups of "x" commit their audit row, then insert "x" and wait;
+    # the holder rolls back, and the two deadlock. The victim has committed its audit row: run
+    # again, it would write that row a second time.
+    app = learner_app(AUDITED_SIGNUP)
+    with TestClient(app.app) as client:
+        holder = engine.connect()
+        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
+        body = {"username": "x", "email": "a@example.com"}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            waiting = [pool.submit(client.post, "/learner/signup", json=body) for _ in range(2)]
+            time.sleep(1)  # both requests have committed their audit row and wait for "x"
+            holder.rollback()
+            holder.close()
+            statuses = sorted(future.result().status_code for future in waiting)
+    audits = count(engine, "learner_audit")
+    print(f"\nanswers {statuses}, audit rows {audits} for 2 requests")
+    assert statuses == [201, 500]
+    assert audits == 2
+    [line] = [r.getMessage() for r in caplog.records if "answered 500" in r.getMessage()]
+    assert "(1213) Deadlock found" in line and "committed" in line, line
+
+
+# --- 2. A streamed answer, and a background task handed the session ---------------------------
+STREAMS = """
+
+# --- Added by a learner: a CSV export, streamed -----------------------------------------------
+from fastapi import BackgroundTasks
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+
+@app.get("/learner/users.csv")
+def export_users(session: SessionDep) -> StreamingResponse:
+    def lines():
+        yield "id,username\\n"
+        for user in session.scalars(select(UserTable).order_by(UserTable.id)):
+            yield f"{user.id},{user.username}\\n"
+
+    return StreamingResponse(lines(), media_type="text/csv")
+
+
+def remember_visit(session: Session, user_id: int) -> None:
+    session.get(UserTable, user_id).email = "visited@example.com"
+    session.commit()
+
+
+@app.post("/learner/users/{user_id}/visit")
+def visit(user_id: int, background_tasks: BackgroundTasks, session: SessionDep) -> dict:
+    background_tasks.add_task(remember_visit, session, user_id)
+    return {"queued": True}
+"""
+
+README_STREAMS = """
+
+# --- Added by a learner: the README's ways, a session of its own with a turn -----------------
+from fastapi import BackgroundTasks
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+
+@app.get("/learner/users.csv")
+def export_users() -> StreamingResponse:
+    def lines():
+        yield "id,username\\n"
+        after_id = 0
+        while True:  # a page of users at a time, each read in a turn of its own
+            with new_session() as session:
+                query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)
+                page = session.scalars(query.limit(100)).all()
+            if not page:
+                return
+            for user in page:
+                yield f"{user.id},{user.username}\\n"
+            after_id = page[-1].id
+
+    return StreamingResponse(lines(), media_type="text/csv")
+
+
+def remember_visit(user_id: int) -> None:
+    with new_session() as session:
+        session.get(UserTable, user_id).email = "visited@example.com"
+        session.commit()
+
+
+@app.post("/learner/users/{user_id}/visit")
+def visit(user_id: int, background_tasks: BackgroundTasks) -> dict:
+    background_tasks.add_task(remember_visit, user_id)
+    return {"queued": True}
+"""
+
+
+def seed(engine, users: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (username, email) VALUES (:name, 'u@example.com')"),
+            [{"name": f"user{number:03}"} for number in range(users)],
+        )
+
+
+def test_a_stream_that_uses_the_routes_session_fails_loudly_and_leaves_nothing_open(
+    learner_app, engine
+):
+    app = learner_app(STREAMS)
+    with TestClient(app.app) as client:
+        client.get("/readyz")  # the tables exist
+        seed(engine, 3)
+        failures = []
+        for _ in range(14):
+            try:
+                client.get("/learner/users.csv")
+            except exc.InvalidRequestError as error:
+                failures.append(str(error))
+        checked_out = app.db_engine.pool.checkedout()
+    print(
+        f"\n{engine.dialect.name}: 14 exports, {len(failures)} failed loudly; {checked_out}", end=""
+    )
+    print(" connections checked out afterwards")
+    assert len(failures) == 14 and "closed" in failures[0]
+    assert checked_out == 0
+
+
+def test_a_background_task_handed_the_routes_session_fails_loudly(learner_app, engine, rows):
+    app = learner_app(STREAMS)
+    with TestClient(app.app) as client:
+        user_id = client.post("/users/", json=ADA).json()["id"]
+        with pytest.raises(exc.InvalidRequestError, match="closed"):
+            client.post(f"/learner/users/{user_id}/visit")
+        checked_out = app.db_engine.pool.checkedout()
+    assert checked_out == 0
+    assert rows() == [(user_id, "ada", "ada@example.com")]
+
+
+def test_the_readmes_stream_takes_a_turn_per_page_and_sends_every_row(learner_app, engine):
+    app = learner_app(README_STREAMS)
+    with TestClient(app.app) as client:
+        client.get("/readyz")
+        seed(engine, 250)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            exports = list(pool.map(lambda _: client.get("/learner/users.csv"), range(16)))
+        user = client.get("/users/1")
+        checked_out = app.db_engine.pool.checkedout()
+    lines = [export.text.splitlines() for export in exports]
+    print(f"\n{engine.dialect.name}: 16 exports at once: {Counter(map(len, lines))} lines each")
+    assert {export.status_code for export in exports} == {200}
+    assert all(len(export) == 251 and export[-1] == "250,user249" for export in lines)
+    assert user.status_code == 200 and checked_out == 0
+
+
+def test_the_readmes_background_task_writes_in_a_session_of_its_own(learner_app, rows):
+    app = learner_app(README_STREAMS)
+    with TestClient(app.app) as client:
+        user_id = client.post("/users/", json=ADA).json()["id"]
+        assert client.post(f"/learner/users/{user_id}/visit").json() == {"queued": True}
+        checked_out = app.db_engine.pool.checkedout()
+    assert rows() == [(user_id, "ada", "visited@example.com")]
+    assert checked_out == 0
+
+
+# --- 3. A background task after a sign-up ------------------------------------------------------
+SLOW_EMAIL = """
+
+# --- Added by a learner: a welcome e-mail, sent after the answer ------------------------------
+import time
+
+from fastapi import BackgroundTasks, Depends
+from sqlalchemy.orm import Session
+
+
+def send_welcome_email(address: str) -> None:
+    time.sleep(4)  # a slow mail server; no SQL here
+
+
+@app.post("/learner/signup", status_code=201)
+def learner_signup(
+    user: UserInput, background_tasks: BackgroundTasks, session: Session = Depends(get_session)
+):
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()
+    background_tasks.add_task(send_welcome_email, new_user.email)
+    return {"id": new_user.id}
+"""
+
+
+def test_a_background_task_holds_no_turn(engine, tmp_path):
+    server = UvicornServer(url_of(engine), cwd=copy_app(tmp_path, SLOW_EMAIL), extra_env=FAST)
+    with server.wait_started(), server.client() as http:
+        user_id = http.post("/users/", json=ADA).json()["id"]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            bodies = [{"username": f"user{n}", "email": "u@example.com"} for n in range(4)]
+            signups = list(pool.map(lambda body: http.post("/learner/signup", json=body), bodies))
+        started = time.monotonic()
+        read = http.get(f"/users/{user_id}")  # while the four e-mails are being sent
+        seconds = time.monotonic() - started
+    print(
+        f"\n{engine.dialect.name}: GET during 4 e-mail tasks: {read.status_code} in {seconds:.2f} s"
+    )
+    assert [signup.status_code for signup in signups] == [201] * 4
+    assert read.status_code == 200, read.text
+
+
+# --- 4. WebSockets -----------------------------------------------------------------------------
+SOCKETS = """
+
+# --- Added by a learner: WebSockets ------------------------------------------------------------
+from fastapi import WebSocket
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select, text
+
+
+@app.websocket("/learner/idle")
+async def idle_socket(websocket: WebSocket, session: SessionDep) -> None:
+    await websocket.accept()
+    async for message in websocket.iter_text():
+        await websocket.send_text(message)
+
+
+@app.websocket("/learner/late")
+async def late_socket(websocket: WebSocket, session: SessionDep) -> None:
+    await websocket.accept()
+    await websocket.send_json({"users": session.scalar(select(func.count(UserTable.id)))})
+
+
+def count_users() -> int:
+    with new_session() as session:
+        return session.scalar(select(func.count()).select_from(UserTable))
+
+
+@app.websocket("/learner/count")
+async def count_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    async for _ in websocket.iter_text():
+        await websocket.send_json({"users": await run_in_threadpool(count_users)})
+
+
+def read_a_missing_table() -> None:
+    with new_session() as session:
+        session.execute(text("SELECT * FROM learner_no_such_table"))
+
+
+@app.websocket("/learner/broken")
+async def broken_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.receive_text()
+    await run_in_threadpool(read_a_missing_table)
+"""
+
+
+def test_idle_websockets_hold_no_turn(learner_app, engine):
+    app = learner_app(SOCKETS, **FAST)
+    with TestClient(app.app) as client:
+        user_id = client.post("/users/", json=ADA).json()["id"]
+        with (
+            client.websocket_connect("/learner/idle") as first,
+            client.websocket_connect("/learner/idle"),
+            client.websocket_connect("/learner/idle"),
+            client.websocket_connect("/learner/idle"),
+        ):
+            started = time.monotonic()
+            read = client.get(f"/users/{user_id}")
+            seconds = time.monotonic() - started
+            first.send_text("still here")
+            assert first.receive_text() == "still here"
+    print(
+        f"\n{engine.dialect.name}: GET beside 4 idle sockets: {read.status_code} in {seconds:.2f} s"
+    )
+    assert read.status_code == 200, read.text
+
+
+def test_a_websocket_that_uses_its_session_after_accepting_fails_loudly(learner_app, engine):
+    app = learner_app(SOCKETS)
+    with (
+        TestClient(app.app) as client,
+        pytest.raises(exc.InvalidRequestError, match="closed"),
+        client.websocket_connect("/learner/late") as socket,
+    ):
+        socket.receive_json()
+    assert app.db_engine.pool.checkedout() == 0
+
+
+def test_the_readmes_websocket_reads_in_a_turn_per_message(learner_app, engine):
+    app = learner_app(SOCKETS)
+    with TestClient(app.app) as client, client.websocket_connect("/learner/count") as socket:
+        socket.send_text("how many?")
+        assert socket.receive_json() == {"users": 0}
+        client.post("/users/", json=ADA)
+        socket.send_text("and now?")
+        assert socket.receive_json() == {"users": 1}
+        assert app.db_engine.pool.checkedout() == 0
+
+
+def test_a_database_error_in_a_websocket_closes_it_with_1011_and_logs_why(
+    learner_app, engine, caplog
+):
+    app = learner_app(SOCKETS)
+    with TestClient(app.app) as client, client.websocket_connect("/learner/broken") as socket:
+        socket.send_text("go")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+    assert closed.value.code == 1011
+    [line] = [r.getMessage() for r in caplog.records if "learner_no_such_table" in r.getMessage()]
+    assert "/learner/broken" in line and "1011" in line, line
+
+
+# --- 5. Mounted in a bigger app, on a fresh database -------------------------------------------
+def test_mounted_on_a_fresh_database_the_tables_are_made_at_first_use(learner_app, engine, rows):
+    app = learner_app()
+    parent = FastAPI()
+    parent.mount("/api", app.app)  # FastAPI's "Sub Applications": the sub-app's lifespan never runs
+    with TestClient(parent) as client:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            bodies = [{"username": f"user{n}", "email": "u@example.com"} for n in range(8)]
+            created = list(pool.map(lambda body: client.post("/api/users/", json=body), bodies))
+        ready = client.get("/api/readyz")
+    print(f"\n{engine.dialect.name}: 8 first requests: {Counter(r.status_code for r in created)}")
+    assert [response.status_code for response in created] == [201] * 8
+    assert ready.status_code == 200 and len(rows()) == 8
+
+
+def test_readyz_answers_503_when_a_table_is_missing(learner_app, engine):
+    app = learner_app()
+    with TestClient(app.app) as client:
+        assert client.get("/readyz").status_code == 200
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE users"))  # made by this test's app
+        response = client.get("/readyz")
+    assert response.status_code == 503, response.text
+    assert "users" in response.json()["detail"]
+
+
+# --- 6. An async def route that takes the sync session -----------------------------------------
+ASYNC_ROUTE = """
+
+# --- Added by a learner: an async def route with the sync session -----------------------------
+@app.get("/learner/async-users/{user_id}")
+async def read_user_async(user_id: int, session: SessionDep) -> UserOutput:
+    return UserOutput.model_validate(session.get(UserTable, user_id))
+"""
+
+
+def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine, tmp_path):
+    app_folder = copy_app(tmp_path, ASYNC_ROUTE + SOCKETS)
+    with UvicornServer(url_of(engine), cwd=app_folder).wait_started() as server:
+        pass
+    warnings = [line for line in server.lines if "async def" in line]
+    print(f"\n{engine.dialect.name}: {warnings}")
+    assert len(warnings) == 1, server.lines  # the WebSockets and the def routes are fine
+    assert "/learner/async-users/{user_id}" in warnings[0] and "read_user_async" in warnings[0]
+    assert warnings[0].startswith("WARNING")
+
+
+# --- 7. Clients that gave up before their turn came ---------------------------------------------
+SLOW_REPORT = """
+
+# --- Added by a learner: a report that takes a second -----------------------------------------
+import time
+
+
+@app.get("/learner/report")
+def learner_report(session: SessionDep) -> dict:
+    logger.info("learner report runs")
+    time.sleep(1)  # a long query
+    return {"users": len(session.scalars(select(UserTable)).all())}
+"""
+
+
+def test_a_client_gone_before_its_turn_came_does_not_run_its_route(engine, tmp_path):
+    env = {"DB_POOL_SIZE": "1"}
+    server = UvicornServer(url_of(engine), cwd=copy_app(tmp_path, SLOW_REPORT), extra_env=env)
+    with server.wait_started(), server.client() as http:
+        user_id = http.post("/users/", json=ADA).json()["id"]
+        gave_up = []
+
+        def impatient() -> None:
+            try:
+                with server.client(timeout=0.3) as quick:
+                    quick.get("/learner/report")
+            except httpx2.TimeoutException:
+                gave_up.append(True)
+
+        clients = [threading.Thread(target=impatient) for _ in range(6)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+        started = time.monotonic()
+        read = http.get(f"/users/{user_id}")
+        seconds = time.monotonic() - started
+        time.sleep(1.5)  # let whatever was still queued run, or not
+    runs, gone = server.count("learner report runs"), server.count("gone before its turn")
+    print(
+        f"\n{engine.dialect.name}: {len(gave_up)} clients gave up; the route ran {runs} times;",
+        end="",
+    )
+    print(f" {gone} skipped; GET meanwhile: {read.status_code} in {seconds:.2f} s")
+    assert len(gave_up) == 6
+    assert read.status_code == 200, read.text
+    assert runs == 1 and gone == 5
+
+
+# --- 8. What a request sends, and what it costs ------------------------------------------------
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_read_sends_one_rollback(learner_app, monkeypatch):
+    app = learner_app()
+    sent: list[str] = []
+    execute_command = pymysql.connections.Connection._execute_command
+
+    def spy(connection, command, sql):
+        text_sent = sql.decode() if isinstance(sql, bytes) else sql
+        sent.append("PING" if command == 14 else text_sent.split()[0].upper())
+        return execute_command(connection, command, sql)
+
+    with TestClient(app.app) as client:
+        user_id = client.post("/users/", json=ADA).json()["id"]
+        monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", spy)
+        assert client.get(f"/users/{user_id}").status_code == 200
+    print(f"\na read sends {sent}")
+    assert sent == ["PING", "SELECT", "ROLLBACK"]
+
+
+def test_no_listener_is_registered_per_request(learner_app, engine, monkeypatch):
+    app = learner_app()
+    registered = []
+    listen = sqlalchemy.event.api.listen
+
+    def counting_listen(*args, **kwargs):
+        registered.append(args[1])
+        return listen(*args, **kwargs)
+
+    with TestClient(app.app) as client:
+        monkeypatch.setattr(sqlalchemy.event.api, "listen", counting_listen)
+        monkeypatch.setattr(sqlalchemy.event, "listen", counting_listen)
+        for number in range(5):
+            client.post("/users/", json={"username": f"user{number}", "email": "u@example.com"})
+            client.get("/users/1")
+    assert registered == []
+
+
+def test_no_wait_for_a_pooled_connection_is_longer_than_the_apps_bound(learner_app):
+    app = learner_app(DB_TIMEOUT="6")
+    assert app.db_engine.pool.timeout() == 3  # DB_TIMEOUT / 2, not the pool's default 30 s
