@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, MetaData, select
+from sqlalchemy import Engine, MetaData, create_engine, inspect, make_url, select
 from sqlalchemy.orm import Session
 
 import main
@@ -20,6 +20,35 @@ from tests.support import TcpProxy, copy_app
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
 TOOL_SKIPPED = "not installed: pip install -r requirements-test.txt"
+
+
+# The tables the suite may drop: the app's, extended_model.py's, the course's, Alembic's, and the
+# ones its own tests create. A MySQL test database holding any other is refused (below).
+SUITE_TABLES = {"users", "alembic_version", "parents", "extended_users", "posts", "notes"}
+SUITE_TABLES |= {"learner_audit", "collation_demo"}
+
+
+def refuse_a_database_that_is_not_for_tests(url: str) -> str | None:
+    """Why pytest must not empty the database of `url`, or None. It drops every table there."""
+    test_url, app_url = make_url(url), make_url(main.settings.database_url)
+    if (test_url.host, test_url.port, test_url.database) == (
+        app_url.host, app_url.port, app_url.database
+    ):  # fmt: skip
+        return "it is the app's own DATABASE_URL, and pytest empties its database"
+    if "test" not in (test_url.database or ""):
+        return (
+            f"its database, {test_url.database!r}, is not named for tests (README: tutorial_test)"
+        )
+    with create_engine(url).connect() as connection:
+        theirs = set(inspect(connection).get_table_names()) - SUITE_TABLES
+    if theirs:
+        return f"its database holds tables the tests did not make: {', '.join(sorted(theirs))}"
+    return None
+
+
+def pytest_sessionstart(session) -> None:
+    if MYSQL_URL and (why := refuse_a_database_that_is_not_for_tests(MYSQL_URL)):
+        pytest.exit(f"Refusing TEST_DATABASE_URL: {why}. Nothing was dropped.", returncode=4)
 
 
 def need(tool: str) -> ModuleType:

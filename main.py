@@ -244,12 +244,12 @@ this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by t
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
 
 
-# --- The engine: bounded waits, and each commit noted for the request that sent it -----------
+# --- The engine: bounded waits, and each connection noted for the request that takes it -----
 def guard_engine(engine: Engine) -> None:  # db_engine's, and the tests' engines (conftest.py)
-    @event.listens_for(engine, "commit")  # as a COMMIT is sent, by any session of the request
-    def note_commit(connection: Connection) -> None:
+    @event.listens_for(engine, "checkout")  # by any session: its commits may not be known
+    def note_checkout(*_: object) -> None:
         if work := this_request.get(None):
-            work.commits += 1
+            work.connections += 1
 
     # PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait.
     @event.listens_for(engine, "do_connect")
@@ -290,13 +290,22 @@ async def take_turn(work: "RequestWork | None" = None) -> anyio.Semaphore:
     raise exc.TimeoutError(f"No database turn free in {WAIT_SECONDS:g} s")  # answered 503 busy
 
 
-# Readable after commit(); once closed, unusable (never a connection outside a turn).
+# The sessions of part 3: readable after commit(), unusable once closed (never a connection
+# outside a turn). Their listeners are registered once, here, not for each session.
 session_factory = sessionmaker(expire_on_commit=False, close_resets_only=False)
 
 
-@event.listens_for(session_factory, "after_begin")  # registered once, for every session
+@event.listens_for(session_factory, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
-    session.info["connection"] = connection
+    session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
+    if work := this_request.get(None):
+        work.own_connections += 1
+
+
+@event.listens_for(session_factory, "after_commit")
+def note_commit(session: Session) -> None:
+    if work := this_request.get(None):
+        work.commits += 1
 
 
 def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits for the server
@@ -327,17 +336,15 @@ class RequestWork:
     """One run of a request: its session and turn, its commits and its answer. The body it read
     is kept for a second run."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, kept: list[Message]) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, kept: list, first: bool) -> None:
         self.scope, self.from_client, self.to_client, self.kept = scope, receive, send, kept
-        self.where = f"{scope.get('method', 'WebSocket')} {scope['path']}"
-        self.can_run_again = scope["type"] == "http" and not kept  # a first run, over HTTP
-        self.session, self.turns, self.delivered, self.commits, self.answered = (
-            None,
-            None,
-            0,
-            0,
-            False,
-        )
+        self.can_run_again = first and scope["type"] == "http"  # once, for HTTP
+        self.session, self.turns, self.answered = None, None, False
+        self.delivered = self.commits = self.connections = self.own_connections = 0
+
+    @property
+    def where(self) -> str:  # for the log
+        return f"{self.scope.get('method', 'WebSocket')} {self.scope['path']}"
 
     async def open_session(self) -> Session:
         if self.session is None:
@@ -378,9 +385,10 @@ class RequestWork:
         return message.get("type") == "http.disconnect"
 
     async def send(self, message: Message) -> None:
-        if message["type"] in ("http.response.start", "websocket.accept") and not self.answered:
+        if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
-            await self.close()  # no turn, nor a background task after it
+            if self.turns:  # no turn, nor a background task after it
+                await self.close()
         await self.to_client(message)
 
 
@@ -388,19 +396,20 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await inner(scope, receive, send)
-        as_it_came, kept = dict(scope), []
-        for _ in range(2):  # a second run only after a deadlock, before anything was committed
-            work = RequestWork({**as_it_came}, receive, send, kept)
+        kept: list[Message] = []  # the body the route read, for a second run
+        for run, first in ((scope, True), (dict(scope), False)):  # the second: the scope as it came
+            work = RequestWork(run, receive, send, kept, first)
             token = this_request.set(work)
             try:
-                return await inner(work.scope, work.receive, work.send)
+                return await inner(run, work.receive, work.send)
             except (exc.DBAPIError, exc.TimeoutError) as error:
-                answer = database_error(error, work)
+                answer = database_error(error, work)  # None: run it again, after a deadlock
             finally:
-                await work.close()
+                if work.turns:  # a session was opened, and not yet closed
+                    await work.close()
                 this_request.reset(token)
             if answer is not None:
-                return await answer(work.scope, work.receive, send)
+                return await answer(run, work.receive, send)
 
     return middleware
 
@@ -414,8 +423,7 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     cause = getattr(error, "orig", None)  # the driver's error; none: no turn or connection free
     code = cause and (getattr(cause, "sqlite_errorname", None) or cause.args[0])
     cause = f"{type(error).__name__} ({code}) {(cause or error).args[-1]}"  # never the SQL
-    # A commit is noted as it is sent: a COMMIT that failed itself (no statement) did not commit.
-    committed = work.commits > (isinstance(error, exc.DBAPIError) and error.statement is None)
+    committed = work.commits > 0
     if work.scope["type"] == "websocket":
         logger.error("Database error on %s, closed with 1011: %s", work.where, cause)
         return WebSocketClose(status.WS_1011_INTERNAL_ERROR)
@@ -424,7 +432,9 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
         raise error
     # MySQL (or Galera, for a clash of nodes' writes) undoes one transaction of a deadlock: run
     # again, it meets the winner's rows. After a commit that part would be written twice: a 500.
-    if code == 1213 and not committed and work.can_run_again:
+    # A connection that was not a session of ours may have committed: then it is not run again.
+    only_ours = work.connections == work.own_connections
+    if code == 1213 and not committed and only_ours and work.can_run_again:
         logger.warning("Database error on %s, running it again: %s", work.where, cause)
         return None
     # A taken username: the unique index decides, not a SELECT first, which races would pass.

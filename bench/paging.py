@@ -1,12 +1,13 @@
 """Offset paging against keyset paging, at several depths of a big users table, on MySQL.
 
-    BENCH_DATABASE_URL=mysql+pymysql://tutorial:tutorial-pass@127.0.0.1:3306/tutorial \\
+    BENCH_DATABASE_URL=mysql+pymysql://tutorial:tutorial-pass@127.0.0.1:3306/tutorial_bench \\
         python bench/paging.py --users 200000
 
-Empties the `users` table of the database it is given, fills it with SQL (not through the API),
-starts `uvicorn main:app` on it, and times `GET /users/?skip=N&limit=100` against
-`GET /users/?after_id=<id N rows in>&limit=100`: the median of --repeat requests each, one at a
-time, through HTTP as a client sees it. See README.md, "Paging through many users".
+Empties the `users` table of the benchmarks' own database (bench/run.py checks that it holds
+nothing else), fills it with SQL (not through the API), starts `uvicorn main:app` on it, and
+times `GET /users/?skip=N&limit=100` against `GET /users/?after_id=<id N rows in>&limit=100`:
+the median of --repeat requests each, one at a time, through HTTP as a client sees it. See
+docs/performance.md, "Paging through many users".
 """
 
 import argparse
@@ -22,6 +23,7 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from run import database_url_for_the_bench  # noqa: E402
 from support import UvicornServer  # noqa: E402
 
 
@@ -39,7 +41,7 @@ def fill(url: str, count: int) -> list[int]:
         insert = text("INSERT INTO users (username, email) VALUES (:username, :email)")
         for start in range(0, count, 10_000):
             rows = [
-                {"username": f"user{number}", "email": f"user{number}@example.com"}
+                {"username": f"user{number}", "email": "bench@example.com"}
                 for number in range(start, min(start + 10_000, count))
             ]
             connection.execute(insert, rows)
@@ -65,8 +67,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=100)
     args = parser.parse_args()
-    if not args.database_url:
-        sys.exit("Set BENCH_DATABASE_URL (or --database-url) to a MySQL database it may empty.")
+    args.database_url = database_url_for_the_bench(args.database_url)
     started = time.monotonic()
     ids = fill(args.database_url, args.users)
     print(f"{len(ids):,} users inserted with SQL in {time.monotonic() - started:.1f} s")

@@ -96,6 +96,31 @@ def mysql_connect(url: str):
     )
 
 
+# Every row the benchmarks write has one of these addresses: a row with another is not theirs.
+BENCH_EMAILS = ("seed@example.com", "bench@example.com", "raw@example.com", "b@example.com")
+BENCH_EMAILS += ("u@example.com", "s@example.com")
+BENCH_TABLES = {"users", "alembic_version"}
+
+
+def database_url_for_the_bench(url: str | None = None) -> str:
+    """BENCH_DATABASE_URL (or url), once it is shown to hold nothing but the benchmarks' rows:
+    they drop and refill its tables, so they refuse a database of the app's or of the tests'."""
+    url = url or os.environ.get("BENCH_DATABASE_URL")
+    if not url:
+        sys.exit("Set BENCH_DATABASE_URL to a MySQL database of its own (README: tutorial_bench).")
+    with mysql_connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("SHOW TABLES")
+        tables = {name for (name,) in cursor.fetchall()}
+        if tables - BENCH_TABLES:
+            sys.exit(f"Not a benchmark's database: it holds {sorted(tables - BENCH_TABLES)}.")
+        if "users" in tables:
+            marks = ", ".join(["%s"] * len(BENCH_EMAILS))
+            cursor.execute(f"SELECT COUNT(*) FROM users WHERE email NOT IN ({marks})", BENCH_EMAILS)
+            if theirs := cursor.fetchone()[0]:
+                sys.exit(f"Not a benchmark's database: {theirs} users it did not write.")
+    return url
+
+
 def reset_table(url: str) -> None:
     with mysql_connect(url) as connection, connection.cursor() as cursor:
         # alembic_version too: each app then starts on an empty database, makes its table and
@@ -126,10 +151,32 @@ class App:
                 time.sleep(0.1)
         else:
             raise RuntimeError(f"{name} did not start")
-        with httpx2.Client(base_url=self.base) as client:  # users to read back
+
+    def seed(self) -> None:
+        """Users to read back, shared by every app of the run (one database, one table)."""
+        with httpx2.Client(base_url=self.base) as client:
             for number in range(SEED_USERS):
                 body = {"username": f"seed{number}", "email": "seed@example.com"}
                 client.post("/users/", json=body).raise_for_status()
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the server and its worker processes so far."""
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:  # a worker of `--workers N`
+                pids.append(int(stat.parent.name))
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -243,22 +290,21 @@ def raw_driver(url: str, kind: str, threads: int, duration: float) -> dict:
     return {"rps": sum(counts) / elapsed}
 
 
-def measure_app(name, directory, url, workers, concurrency, duration) -> dict:
-    reset_table(url)
-    app = App(name, directory, url, workers)
-    try:
-        results = {}
-        for kind in ("root", "post", "get"):
-            rows_before = count_rows(url)
-            results[kind] = drive(app.base, kind, concurrency, duration)
-            if kind == "post":
-                created = results[kind]["requests"] - results[kind]["non_2xx"]
-                # wrk does not count requests still in flight when it stops, but their rows
-                # may land: more rows than 201s is fine, fewer would be a lost write.
-                results[kind]["lost"] = max(0, created - (count_rows(url) - rows_before))
-        return results
-    finally:
-        app.stop()
+def measure(apps: list["App"], url: str, kind: str, concurrency: int, duration: float) -> dict:
+    """One slice: each app in turn, the same route, the same clients, for `duration` seconds."""
+    results = {}
+    for app in apps:
+        rows_before = count_rows(url) if kind == "post" else 0
+        cpu_before = app.cpu_seconds()
+        result = drive(app.base, kind, concurrency, duration)
+        result["cpu_ms"] = (app.cpu_seconds() - cpu_before) * 1000 / max(result["requests"], 1)
+        if kind == "post":
+            created = result["requests"] - result["non_2xx"]
+            # wrk does not count requests still in flight when it stops, but their rows may
+            # land: more rows than 201s is fine, fewer would be a lost write.
+            result["lost"] = max(0, created - (count_rows(url) - rows_before))
+        results[app.name] = result
+    return results
 
 
 def rss_kib(pid: int) -> int:
@@ -271,6 +317,7 @@ def memory_check(url: str, total: int) -> None:
     reset_table(url)
     app = App("this app", ROOT, url, workers=1)
     try:
+        app.seed()
         marks = {}
         done = 0
         for target in (total // 10, total):
@@ -299,8 +346,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--memory-requests", type=int, default=100_000, help="0 skips the check")
     args = parser.parse_args()
-    if not args.database_url:
-        sys.exit("Set BENCH_DATABASE_URL (or --database-url) to a MySQL database it may empty.")
+    args.database_url = database_url_for_the_bench(args.database_url)
     peers = args.peer or [HERE / "tutorial"]
     apps = [("this app", ROOT)] + [(f"peer {p.name}", p.resolve()) for p in peers]
     wrk = shutil.which("wrk") or "no wrk: Python threads (slower)"
@@ -310,19 +356,34 @@ def main() -> None:
     rows = []
     for workers in map(int, args.workers.split(",")):
         for concurrency in map(int, args.concurrency.split(",")):
-            runs: dict[str, list[dict]] = {name: [] for name, _ in apps}
-            raw = {"post": [], "get": []}
-            for _ in range(args.rounds):  # alternate the apps, round by round
+            # Every app runs at once, on one database (this app makes the table and seeds it);
+            # the measurements alternate in short slices, the order turning each round, so
+            # that the machine's drift falls on every app alike.
+            reset_table(args.database_url)
+            servers = []
+            try:
                 for name, directory in apps:
-                    runs[name].append(
-                        measure_app(
-                            name, directory, args.database_url, workers, concurrency, args.duration
+                    servers.append(App(name, directory, args.database_url, workers))
+                servers[0].seed()
+                runs: dict[str, list[dict]] = {name: [] for name, _ in apps}
+                raw = {"post": [], "get": []}
+                for number in range(args.rounds):
+                    order = servers[number % len(servers) :] + servers[: number % len(servers)]
+                    measured = {name: {} for name, _ in apps}
+                    for kind in ("root", "post", "get"):
+                        for name, result in measure(
+                            order, args.database_url, kind, concurrency, args.duration
+                        ).items():
+                            measured[name][kind] = result
+                    for name, _ in apps:
+                        runs[name].append(measured[name])
+                    for kind in raw:
+                        raw[kind].append(
+                            raw_driver(args.database_url, kind, concurrency, args.duration)["rps"]
                         )
-                    )
-                for kind in raw:
-                    raw[kind].append(
-                        raw_driver(args.database_url, kind, concurrency, args.duration)["rps"]
-                    )
+            finally:
+                for server in servers:
+                    server.stop()
             rows.append(
                 (workers, concurrency, runs, {k: statistics.median(v) for k, v in raw.items()})
             )
@@ -337,8 +398,8 @@ def median(runs: list[dict], kind: str, field: str) -> float:
 
 def print_table(rows, apps) -> None:
     header = (
-        "| workers | conc. | app | route | req/s | p50 ms | p99 ms | non-2xx | lost writes"
-        " | of GET / | vs raw PyMySQL |"
+        "| workers | conc. | app | route | req/s | p50 ms | p99 ms | CPU ms/req | non-2xx"
+        " | lost writes | of GET / | vs raw PyMySQL |"
     )
     print("\n" + header + "\n" + re.sub(r"[^|]", "-", header))
     for workers, concurrency, runs, raw in rows:
@@ -355,23 +416,30 @@ def print_table(rows, apps) -> None:
                 versus_raw = f"{rps / raw[kind]:.2f}" if kind in raw else ""
                 p50 = median(runs[name], kind, "p50") * 1000
                 p99 = median(runs[name], kind, "p99") * 1000
+                cpu = median(runs[name], kind, "cpu_ms")
                 print(
                     f"| {workers} | {concurrency} | {name} | {route} | {rps:,.0f} | {p50:.1f}"
-                    f" | {p99:.1f} | {non_2xx} | {lost} | {rps / ceiling:.2f} | {versus_raw} |"
+                    f" | {p99:.1f} | {cpu:.2f} | {non_2xx} | {lost} | {rps / ceiling:.2f}"
+                    f" | {versus_raw} |"
                 )
         raw_rps = f"{raw['post']:,.0f} / {raw['get']:,.0f}"
-        print(
-            f"| {workers} | {concurrency} | raw PyMySQL | INSERT / SELECT | {raw_rps} | | | | | | |"
-        )
-    print()
+        empty = " |" * 8
+        print(f"| {workers} | {concurrency} | raw PyMySQL | INSERT / SELECT | {raw_rps} |{empty}")
+    print("\nRatios of requests/s: the median of the rounds' paired ratios (each round measured")
+    print("every app in turn), then each round's ratio in order; CPU: the other app's CPU time")
+    print("per request over this app's, the median of the rounds (above 1: this app uses less).")
     for workers, concurrency, runs, _raw in rows:
         ours = runs["this app"]
         for name, _ in apps[1:]:
-            ratios = ", ".join(
-                f"{route} {median(ours, kind, 'rps') / median(runs[name], kind, 'rps'):.2f}x"
-                for kind, route in (("post", "POST"), ("get", "GET {id}"))
-            )
-            print(f"workers {workers}, concurrency {concurrency}: this app vs {name}: {ratios}")
+            ratios = []
+            for kind, route in (("post", "POST"), ("get", "GET {id}"), ("root", "GET /")):
+                paired = [
+                    a[kind]["rps"] / b[kind]["rps"] for a, b in zip(ours, runs[name], strict=True)
+                ]
+                each = ", ".join(f"{ratio:.2f}" for ratio in paired)
+                ratios.append(f"{route} {statistics.median(paired):.2f}x ({each})")
+            where = f"workers {workers}, concurrency {concurrency}"
+            print(f"{where}: this app vs {name}: {'; '.join(ratios)}")
 
 
 if __name__ == "__main__":

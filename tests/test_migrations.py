@@ -253,3 +253,28 @@ def test_the_foreign_key_pragma_is_on_for_the_apps_engine_only(tmp_path):
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.stdout.split() == ["1", "0"], result.stderr
+
+
+# --- The README's backup, before a downgrade (README, section 7) ------------------------------
+README_LINES = (ROOT / "README.md").read_text().splitlines()
+
+
+def test_the_readmes_backup_line_restores_the_rows_a_downgrade_drops(
+    mysql_engine, tmp_path, monkeypatch
+):
+    # The README's own line, run as the README's user, on the test database instead of `tutorial`.
+    [line] = [line for line in README_LINES if line.startswith("mariadb-dump ")]
+    dump = line.replace(" tutorial > tutorial.sql", f" {mysql_engine.url.database} > backup.sql")
+    monkeypatch.setattr(main, "db_engine", mysql_engine)
+    with TestClient(main.app) as client:
+        for name in ("ada", "grace"):
+            client.post("/users/", json={"username": name, "email": f"{name}@example.com"})
+    before = users_table(mysql_engine)
+    subprocess.run(dump, shell=True, check=True, cwd=tmp_path)
+    alembic(mysql_engine, "downgrade", "base")  # what `downgrade -1` from 0001 does: no users
+    assert not inspect(mysql_engine).has_table("users")
+    restore = dump.replace("mariadb-dump --no-tablespaces", "mariadb").replace(" > ", " < ")
+    subprocess.run(restore, shell=True, check=True, cwd=tmp_path)
+    print(f"\nrows before {before}, after the restore {users_table(mysql_engine)}")
+    assert users_table(mysql_engine) == before and len(before) == 2
+    assert version(mysql_engine) == HEAD

@@ -4,6 +4,7 @@ Each case is a learner's next step past the tutorial, written the way FastAPI's 
 appended to a copy of main.py (conftest.py's `learner_app`, or a real `uvicorn main:app` where a
 real client has to go away). Before the fix each one escaped the turns or deadlocked on them."""
 
+import re
 import threading
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from sqlalchemy import exc, text
 from starlette.websockets import WebSocketDisconnect
 
 from conftest import url_of
-from tests.support import UvicornServer, copy_app
+from tests.support import ROOT, UvicornServer, copy_app
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 FAST = {"DB_TIMEOUT": "4"}  # each single wait 2 s: a 503 for want of a turn comes after 2 s
@@ -159,6 +160,54 @@ def test_a_deadlock_after_a_dependencys_commit_answers_500_and_keeps_one_audit_r
     assert "(1213) Deadlock found" in line and "committed" in line, line
 
 
+OWN_SESSION_TOO = """
+
+# --- Added by a learner: an audit row written through a session of its own (approach B) ------
+from sqlalchemy.orm import Session
+
+
+class AuditTable(BaseModelClass):
+    __tablename__ = "learner_audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(100))
+
+
+@app.post("/learner/signup", status_code=201)
+def learner_signup(user: UserInput, session: SessionDep) -> UserOutput:
+    with Session(db_engine) as audit:
+        audit.add(AuditTable(action=f"signup {user.username}"))
+        audit.commit()
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_deadlock_after_a_commit_through_a_session_of_its_own_is_not_run_again(
+    learner_app, engine, caplog
+):
+    # The app cannot count the commits of a session it did not make: a request that used one
+    # is never run again, so its audit row is written once.
+    app = learner_app(OWN_SESSION_TOO)
+    with TestClient(app.app) as client:
+        holder = engine.connect()
+        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
+        body = {"username": "x", "email": "a@example.com"}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            waiting = [pool.submit(client.post, "/learner/signup", json=body) for _ in range(2)]
+            time.sleep(1)
+            holder.rollback()
+            holder.close()
+            statuses = sorted(future.result().status_code for future in waiting)
+    audits = count(engine, "learner_audit")
+    print(f"\nanswers {statuses}, audit rows {audits} for 2 requests")
+    assert statuses == [201, 503]
+    assert audits == 2
+    assert not [r for r in caplog.records if "running it again" in r.getMessage()]
+
+
 # --- 2. A streamed answer, and a background task handed the session ---------------------------
 STREAMS = """
 
@@ -189,43 +238,17 @@ def visit(user_id: int, background_tasks: BackgroundTasks, session: SessionDep) 
     return {"queued": True}
 """
 
-README_STREAMS = """
 
-# --- Added by a learner: the README's ways, a session of its own with a turn -----------------
-from fastapi import BackgroundTasks
-from fastapi.responses import StreamingResponse
-from sqlalchemy import select
-
-
-@app.get("/learner/users.csv")
-def export_users() -> StreamingResponse:
-    def lines():
-        yield "id,username\\n"
-        after_id = 0
-        while True:  # a page of users at a time, each read in a turn of its own
-            with new_session() as session:
-                query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)
-                page = session.scalars(query.limit(100)).all()
-            if not page:
-                return
-            for user in page:
-                yield f"{user.id},{user.username}\\n"
-            after_id = page[-1].id
-
-    return StreamingResponse(lines(), media_type="text/csv")
+def readmes_block(containing: str) -> str:
+    """The README's Python block that contains the text given, as a learner copies it."""
+    readme = (ROOT / "README.md").read_text()
+    [block] = [
+        code for code in re.findall(r"```python\n(.*?)```", readme, re.S) if containing in code
+    ]
+    return "\n\n# --- Added by a learner: copied from the README ---\n" + block
 
 
-def remember_visit(user_id: int) -> None:
-    with new_session() as session:
-        session.get(UserTable, user_id).email = "visited@example.com"
-        session.commit()
-
-
-@app.post("/learner/users/{user_id}/visit")
-def visit(user_id: int, background_tasks: BackgroundTasks) -> dict:
-    background_tasks.add_task(remember_visit, user_id)
-    return {"queued": True}
-"""
+AFTER_THE_ANSWER = readmes_block("new_session()")
 
 
 def seed(engine, users: int) -> None:
@@ -270,12 +293,12 @@ def test_a_background_task_handed_the_routes_session_fails_loudly(learner_app, e
 
 
 def test_the_readmes_stream_takes_a_turn_per_page_and_sends_every_row(learner_app, engine):
-    app = learner_app(README_STREAMS)
+    app = learner_app(AFTER_THE_ANSWER)
     with TestClient(app.app) as client:
         client.get("/readyz")
         seed(engine, 250)
         with ThreadPoolExecutor(max_workers=16) as pool:
-            exports = list(pool.map(lambda _: client.get("/learner/users.csv"), range(16)))
+            exports = list(pool.map(lambda _: client.get("/users.csv"), range(16)))
         user = client.get("/users/1")
         checked_out = app.db_engine.pool.checkedout()
     lines = [export.text.splitlines() for export in exports]
@@ -286,10 +309,10 @@ def test_the_readmes_stream_takes_a_turn_per_page_and_sends_every_row(learner_ap
 
 
 def test_the_readmes_background_task_writes_in_a_session_of_its_own(learner_app, rows):
-    app = learner_app(README_STREAMS)
+    app = learner_app(AFTER_THE_ANSWER)
     with TestClient(app.app) as client:
         user_id = client.post("/users/", json=ADA).json()["id"]
-        assert client.post(f"/learner/users/{user_id}/visit").json() == {"queued": True}
+        assert client.post(f"/users/{user_id}/visits").status_code == 202
         checked_out = app.db_engine.pool.checkedout()
     assert rows() == [(user_id, "ada", "visited@example.com")]
     assert checked_out == 0
@@ -360,18 +383,6 @@ async def late_socket(websocket: WebSocket, session: SessionDep) -> None:
     await websocket.send_json({"users": session.scalar(select(func.count(UserTable.id)))})
 
 
-def count_users() -> int:
-    with new_session() as session:
-        return session.scalar(select(func.count()).select_from(UserTable))
-
-
-@app.websocket("/learner/count")
-async def count_socket(websocket: WebSocket) -> None:
-    await websocket.accept()
-    async for _ in websocket.iter_text():
-        await websocket.send_json({"users": await run_in_threadpool(count_users)})
-
-
 def read_a_missing_table() -> None:
     with new_session() as session:
         session.execute(text("SELECT * FROM learner_no_such_table"))
@@ -418,8 +429,8 @@ def test_a_websocket_that_uses_its_session_after_accepting_fails_loudly(learner_
 
 
 def test_the_readmes_websocket_reads_in_a_turn_per_message(learner_app, engine):
-    app = learner_app(SOCKETS)
-    with TestClient(app.app) as client, client.websocket_connect("/learner/count") as socket:
+    app = learner_app(AFTER_THE_ANSWER)
+    with TestClient(app.app) as client, client.websocket_connect("/users/count") as socket:
         socket.send_text("how many?")
         assert socket.receive_json() == {"users": 0}
         client.post("/users/", json=ADA)
@@ -478,7 +489,7 @@ async def read_user_async(user_id: int, session: SessionDep) -> UserOutput:
 
 
 def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine, tmp_path):
-    app_folder = copy_app(tmp_path, ASYNC_ROUTE + SOCKETS)
+    app_folder = copy_app(tmp_path, ASYNC_ROUTE + SOCKETS + AFTER_THE_ANSWER)
     with UvicornServer(url_of(engine), cwd=app_folder).wait_started() as server:
         pass
     warnings = [line for line in server.lines if "async def" in line]

@@ -1,0 +1,250 @@
+"""What README.md, docs/ and exercises/ name exists (issue 31): every Python name written in
+backticks is defined in the project's code, found by parsing it (a definition, not a text
+match), or belongs to the tutorial's text or an installed library; every path exists.
+
+A name a learner writes in an exercise counts when the reference solutions define it."""
+
+import ast
+import builtins
+import importlib
+import inspect
+import keyword
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "exercises/README.md"]
+TUTORIAL = (
+    (ROOT.parent / "shared" / "tutorial.md").read_text()
+    if (ROOT.parent / "shared" / "tutorial.md").exists()
+    else (ROOT / "bench" / "tutorial" / "main.py").read_text()
+)
+# The libraries whose names the docs use, and the classes whose methods and parameters they name.
+MODULES = [
+    "builtins",
+    "datetime",
+    "typing",
+    "contextlib",
+    "unicodedata",
+    "concurrent.futures",
+    "fastapi",
+    "fastapi.responses",
+    "fastapi.concurrency",
+    "fastapi.testclient",
+    "starlette.requests",
+    "starlette.responses",
+    "starlette.websockets",
+    "sqlalchemy",
+    "sqlalchemy.orm",
+    "sqlalchemy.exc",
+    "sqlalchemy.pool",
+    "sqlalchemy.engine",
+    "pydantic",
+    "pydantic_settings",
+    "alembic.op",
+    "anyio",
+    "anyio.lowlevel",
+]
+CLASSES = [
+    "sqlalchemy.orm:Session",
+    "sqlalchemy.orm:sessionmaker",
+    "sqlalchemy:Engine",
+    "sqlalchemy:Connection",
+    "sqlalchemy.orm:Mapped",
+    "sqlalchemy.sql.operators:ColumnOperators",
+    "pydantic:BaseModel",
+    "fastapi:FastAPI",
+    "fastapi:WebSocket",
+    "datetime:datetime",
+    "fastapi.testclient:TestClient",
+    "builtins:str",
+]
+# Library callables whose documented parameters (":param name:") the docs may name.
+DOCUMENTED = [
+    "sqlalchemy:create_engine",
+    "sqlalchemy.orm:Session",
+    "sqlalchemy.orm:sessionmaker",
+    "sqlalchemy.orm:mapped_column",
+    "sqlalchemy.orm:relationship",
+    "sqlalchemy:ForeignKey",
+    "sqlalchemy:MetaData",
+    "fastapi:FastAPI",
+    "fastapi:Depends",
+]
+# Words in backticks that are not Python names, and why; checked nowhere else.
+NOT_PYTHON = {
+    "tutorial": "the MySQL database the README's setup makes (scripts/mysql-setup.sql)",
+    "timeoutSeconds": "a Kubernetes probe's setting, in the YAML of docs/deploying.md",
+    "evs.suspect_timeout": "a Galera provider option the cluster runs with by default",
+    "auto_increment_increment": "a MySQL server variable that Galera sets on each node",
+}
+
+
+@cache
+def defined_in_code() -> frozenset[str]:
+    """Every name the project's Python code defines: functions, classes, variables, attributes,
+    parameters, keyword arguments it passes (the tests run them), imports, table names, and the
+    string constants of its tests (usernames, tags), with the reference solutions applied."""
+    code = [
+        path for path in ROOT.glob("**/*.py") if not {".venv", ".ci-venv-3.11"} & set(path.parts)
+    ]
+    sources = [path.read_text() for path in code if "venv" not in str(path)]
+    sources += [step.main_py for step in course_steps()]  # main.py after each exercise
+    names: set[str] = set(requirements())
+    while sources:
+        try:
+            tree = ast.parse(sources.pop())
+        except SyntaxError:  # a string that only looked like code
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Name | ast.arg):
+                names.add(getattr(node, "id", None) or node.arg)
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.keyword) and node.arg:
+                names.add(node.arg)
+            elif isinstance(node, ast.alias):
+                names.update((node.asname or node.name).split("."))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if re.search(r"^(def|class|@app\.) ", node.value, re.M):  # a learner's code
+                    sources.append(node.value)
+                names.update(re.findall(r"\w+", node.value))  # SQL, settings, usernames, tags
+    return frozenset(names)
+
+
+def requirements() -> set[str]:
+    lines = (ROOT / "requirements.txt").read_text() + (ROOT / "requirements-test.txt").read_text()
+    return set(re.findall(r"^([\w-]+)", lines, re.M))
+
+
+def course_steps():
+    from exercises.make_solutions import Tree, solution_patch
+
+    tree = Tree.today()
+    for path in sorted((ROOT / "exercises" / "solutions").glob("*.patch")):
+        _patch, tree = solution_patch(path.stem, tree)
+        yield tree
+
+
+@cache
+def in_libraries(name: str) -> bool:
+    for module_name in MODULES:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            return True
+    for spec in CLASSES:
+        module_name, class_name = spec.split(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if hasattr(cls, name):
+            return True
+        try:
+            if name in inspect.signature(cls).parameters:
+                return True
+        except (TypeError, ValueError):
+            pass
+    return False
+
+
+@cache
+def documented_parameter(name: str) -> bool:
+    for spec in DOCUMENTED:
+        module_name, attribute = spec.split(":")
+        callable_ = getattr(importlib.import_module(module_name), attribute)
+        docs = (callable_.__doc__ or "") + (getattr(callable_, "__init__", None).__doc__ or "")
+        if re.search(rf":param {name}[=:]", docs):  # `:param pool_size=5:` gives a default
+            return True
+    return False
+
+
+def known(name: str) -> bool:
+    return (
+        name in defined_in_code()
+        or keyword.iskeyword(name)
+        or hasattr(builtins, name)
+        or re.search(rf"\b{re.escape(name)}\b", TUTORIAL) is not None
+        or in_libraries(name)
+        or documented_parameter(name)
+        or name.lower() in defined_in_code()  # a setting: DB_POOL_SIZE is Settings.db_pool_size
+    )
+
+
+def spans(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # code blocks: run elsewhere
+    return re.findall(r"`([^`\n]+)`", text)
+
+
+def python_names(span: str) -> list[str]:
+    """The names in a backticked span that parses as Python; none for shell, SQL, HTTP, text."""
+    code = span.strip()
+    if re.fullmatch(r"[\w.]+(-[\w.]+)+", code) or re.fullmatch(r"[0-9a-f]{7,40}", code):
+        return []  # a header, a package, a Galera state, a commit: not Python (commits: below)
+    if len(code) <= 2 or re.fullmatch(r"U\+[0-9A-F]{4,6}", code):
+        return []  # a character the text is about (`e`, `K`, `ﬁ`), a code point
+    if " " in code and not re.search(r"[(=.:\[,]", code):
+        return []  # words: a message, a phrase (`database is locked` parses as Python)
+    if code.startswith(("with ", "for ", "if ")) and code.endswith(":"):
+        code += " pass"
+    elif code.startswith(("finally:", "try:")):
+        code = "try:\n pass\n" + ("finally: " + code.split(":", 1)[1] if "finally" in code else "")
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.append(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.append(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            found.append(node.arg)
+    # An SQL word or a protocol command is one word in capitals (SELECT, COMMIT, PING, KILL).
+    return [name for name in found if not (name.isupper() and "_" not in name and name == code)]
+
+
+def path_like(span: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.*-]*)+|[\w-]+\.(py|md|txt|ini|sql|cfg|toml|db)", span))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_python_name_in_backticks_exists(doc):
+    unknown = sorted(
+        {
+            f"{name} (in `{span}`)"
+            for span in spans(doc)
+            if not path_like(span) and span not in NOT_PYTHON
+            for name in python_names(span)
+            if name not in NOT_PYTHON and not known(name)
+        }
+    )
+    assert unknown == [], f"{doc.name} names what the code does not define: {unknown}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_path_in_backticks_exists(doc):
+    missing = []
+    for span in spans(doc):
+        if not path_like(span) or "*" in span or span.endswith(".db"):
+            continue
+        here = any((base / span).exists() for base in (ROOT, doc.parent))
+        somewhere = "/" not in span and any(ROOT.glob(f"*/{span}"))  # a file named by its name
+        if not (here or somewhere or shutil.which(span)):
+            missing.append(span)
+    made_by_the_learner = {"exercises/student/test_duplicate_race.py", "exercises/student/"}
+    assert sorted(set(missing) - made_by_the_learner) == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_commit_named_exists(doc):
+    commits = [span for span in spans(doc) if re.fullmatch(r"[0-9a-f]{7,40}", span)]
+    for commit in commits:
+        found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT)
+        assert found.returncode == 0, f"{doc.name} names commit {commit}, which is not in git"

@@ -1,0 +1,51 @@
+"""The tests never drop what they did not create (issue 31): pytest refuses, before it drops
+anything, a TEST_DATABASE_URL that is the app's own database, whose name does not say it is for
+tests, or whose database holds a table the suite does not make (conftest.py, SUITE_TABLES)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import text
+
+from conftest import url_of
+from tests.support import ROOT
+
+
+def pytest_with(**env: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_main.py"]
+    command += ["-k", "test_root_says_hello"]
+    env = {**os.environ, **env}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_test_database_that_holds_a_table_of_yours_is_refused_and_kept(mysql_engine):
+    with mysql_engine.begin() as connection:
+        connection.execute(text("CREATE TABLE learner_notes (id INT PRIMARY KEY, body TEXT)"))
+        connection.execute(text("INSERT INTO learner_notes VALUES (1, 'keep me')"))
+    try:
+        run = pytest_with(TEST_DATABASE_URL=url_of(mysql_engine))
+        with mysql_engine.connect() as connection:
+            kept = connection.execute(text("SELECT body FROM learner_notes")).scalars().all()
+    finally:
+        with mysql_engine.begin() as connection:
+            connection.execute(text("DROP TABLE learner_notes"))  # this test made it
+    assert run.returncode == 4, run.stdout
+    assert "holds tables the tests did not make: learner_notes" in run.stdout
+    assert kept == ["keep me"]
+
+
+@pytest.mark.parametrize("which", ["the app's own", "not named for tests"])
+def test_a_test_database_that_is_not_for_tests_is_refused(mysql_engine, which):
+    url = url_of(mysql_engine)
+    if which == "the app's own":
+        run = pytest_with(TEST_DATABASE_URL=url, DATABASE_URL=url)
+        reason = "it is the app's own DATABASE_URL"
+    else:
+        other = mysql_engine.url.set(database="tutorial").render_as_string(hide_password=False)
+        run = pytest_with(TEST_DATABASE_URL=other)
+        reason = "its database, 'tutorial', is not named for tests"
+    assert run.returncode == 4, run.stdout
+    assert f"Refusing TEST_DATABASE_URL: {reason}" in run.stdout
+    assert "Nothing was dropped" in run.stdout
