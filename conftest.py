@@ -61,15 +61,18 @@ def need(tool: str) -> ModuleType:
 
 
 def make_engine(backend: str, tmp_path) -> Engine:
-    """An engine built as main.py builds db_engine (its own functions: no copy of an option),
+    """An engine built as main.py builds db_engine (its options, read from it),
     on an empty schema: a new SQLite file, or the MySQL test database emptied."""
     if backend == "mysql" and not MYSQL_URL:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the MySQL cases. {MYSQL_SKIPPED}")
         pytest.skip(MYSQL_SKIPPED)
     url = MYSQL_URL if backend == "mysql" else f"sqlite:///{tmp_path}/test.db"
-    test_engine = main.create_db_engine(url)
-    main.guard_engine(test_engine)  # both, as main.py does for db_engine
+    pool = main.db_engine.pool  # the app's pool options, read from its engine: none copied
+    test_engine = create_engine(
+        url, pool_size=pool.size(), pool_timeout=pool.timeout(), pool_pre_ping=pool._pre_ping
+    )
+    main.guard_engine(test_engine)  # as main.py does for db_engine
     return emptied(test_engine)
 
 

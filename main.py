@@ -1,6 +1,4 @@
 # === Part 1 of 3: the tutorial, sections 3 to 8 in its order (2: more CRUD, 3: a real service)
-import unicodedata
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -8,46 +6,46 @@ from fastapi import Depends, FastAPI, status
 from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, MetaData, String, create_engine
+from sqlalchemy import MetaData, String, create_engine
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
 
 
 # --- Section 3: the database URL, the engine and the model ----------------------------------
-class Settings(BaseSettings):  # read from the environment, else from a .env file (.env.example)
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")  # and .env's other lines
-    database_url: str = "sqlite:///./app.db"  # the tutorial's DB_URL; SQLite needs no server
-    db_pool_size: int = Field(4, ge=1)  # connections kept open per worker process; ge: at least
-    db_timeout: float = Field(10, ge=4)  # seconds a request may wait for the database (part 3)
+class Settings(BaseSettings):  # each value from the environment, else from the file .env
+    # extra="ignore": .env may hold other lines (TEST_DATABASE_URL for the tests): not an error
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
+    # The "pool": connections the engine keeps open and lends to one request at a time. ge:
+    # greater or equal, so a 0 stops the app. A request may wait twice (for a free connection,
+    # then for a new one when the free one is dead), each half of db_timeout: at least 2 s.
+    db_pool_size: int = Field(default=4, ge=1)
+    db_timeout: float = Field(default=10, ge=4)  # seconds a request may wait for the database
 
 
 settings = Settings()  # a bad value stops the app here, with a message that names the setting
+DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
+db_engine = create_engine(
+    DB_URL,
+    pool_size=settings.db_pool_size,  # the pool: this many connections, reused
+    pool_timeout=settings.db_timeout / 2,  # all lent out: wait at most half of db_timeout
+    pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
+)
 
-
-def create_db_engine(database_url: str) -> Engine:  # the tests build their engines here too
-    return create_engine(
-        database_url,
-        pool_size=settings.db_pool_size,
-        pool_pre_ping=True,  # a server restarts, a network drops: test a connection before use
-        pool_recycle=3600,  # MySQL closes connections idle for 8 hours: renew ours every hour
-        pool_timeout=settings.db_timeout / 2,  # at most this long for a free one (part 3: waits)
-    )
-
-
-db_engine = create_db_engine(settings.database_url)
-
-# Alembic changes tables that hold rows (README: Changing the schema). It needs every index and
-naming_convention = {  # constraint named alike on every database: these patterns name them
-    "pk": "pk_%(table_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ix": "ix_%(column_0_label)s",  # a column's label: its table's name, then its own
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-}
-BaseModelClass = declarative_base(metadata=MetaData(naming_convention=naming_convention))
+# Alembic, the tool that changes tables which hold rows (README, section 7), finds a key or an
+# index by its name. These patterns name each one alike on SQLite and MySQL; "%(table_name)s"
+# is Python's %-formatting, filled in with the table's name. Here: pk_users (the primary key)
+# and uq_users_username (the UNIQUE column); ix_ and fk_ wait for the tables you add (a second
+# table with an index and a foreign key: exercise 3).
+names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
+names["ix"] = "ix_%(column_0_label)s"  # label: the table's name, then the column's
+names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
+BaseModelClass = declarative_base(metadata=MetaData(naming_convention=names))
 
 
 class UserTable(BaseModelClass):
     __tablename__ = "users"
-    # utf8mb4: any Unicode, emoji too. utf8mb4_bin: exact, as SQLite (MySQL's default: "A" = "a").
+    # MySQL only: store any Unicode (utf8mb4, emoji too), and compare exactly (_bin), so that
+    # "Ada" and "ada" are two usernames, as on SQLite. MySQL's default thinks them the same.
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
     # SQLAlchemy 2's typed Column(...). A key or a UNIQUE column has its index: no index=True.
@@ -57,79 +55,80 @@ class UserTable(BaseModelClass):
 
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
-def one_spelling(name: str) -> str:  # a username is text, not code points (README: Usernames)
-    folded = unicodedata.normalize("NFKC", name)  # é, or e and an accent; ﬁ or fi: one spelling
-    invisible = {f"U+{ord(c):04X}" for c in folded if unicodedata.category(c) == "Cf"}
-    if refused := sorted(invisible - {"U+200C", "U+200D"}):  # these join emoji, and some letters
-        raise ValueError(f"invisible or direction-changing characters: {', '.join(refused)}")
-    return folded
+def check_username(name: str) -> str:
+    # The rules are plain Python, but long, so they come last in the file: username_rules() in
+    # part 3. This function only passes the name on; Python finds username_rules when a request
+    # calls it, by which time the whole file has run. Among the rules: 1 to 50 characters, and
+    # one spelling per name ("é" can arrive as one character, or as "e" plus an accent: both
+    # are stored as the one character, so a name can get shorter: the 50 are counted after).
+    return username_rules(name)
 
 
-# Annotated: a type with its rules, for UserInput and UserPatch (part 2): 200 characters as sent
-# at most (NFKC's work grows with them), then 1 to 50; no space at either end, no control codes.
-name_pattern = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
-FoldedName = Annotated[str, Field(max_length=200), AfterValidator(one_spelling)]
-Username = Annotated[FoldedName, Field(min_length=1, max_length=50, pattern=name_pattern)]
-Email = Annotated[EmailStr, Field(max_length=120)]
+# Annotated[str, ...]: a str, with rules that Pydantic applies in order: at most 200 characters
+# as sent (a quick first limit, whatever the name becomes), then check_username().
+Username = Annotated[str, Field(max_length=200, examples=["ada"]), AfterValidator(check_username)]
 
 
-class UserInput(BaseModel):  # both required; the examples fill /docs' form, to try the API
-    username: Username = Field(examples=["ada"])
-    email: Email = Field(examples=["ada@example.com"])
+class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
+    username: Username
+    email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
 
 
-class UserOutput(BaseModel):  # what a client gets back: the tutorial's dict, as a model
-    model_config = ConfigDict(from_attributes=True)  # model_validate() reads a UserTable row
+class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows it
+    # from_attributes: UserOutput.model_validate(row) reads a UserTable row's attributes
+    model_config = ConfigDict(from_attributes=True)
     id: int
     username: str
     email: str
 
 
-# --- Section 4.2: one Session per request, always closed ------------------------------------
-async def get_session() -> AsyncIterator[Session]:
-    # The request's one session, whichever route or dependency asks and however often: part 3
-    # opens it at the first ask, after a turn (one of DB_POOL_SIZE), and closes it once the answer
-    # is built, before it is sent. Routes of your own: README, section 6.
+# --- Section 4.2: the session dependency ----------------------------------------------------
+# The tutorial opens a Session here and closes it in `finally`. Part 3 does both, once per
+# request: a route and its dependencies share one session, and part 3 closes it (the tutorial's
+# session.close()) once the answer is built. `async def` and `await`: while this request waits
+# for a free connection, the app goes on serving others; a plain def would keep one of the few
+# threads that run the routes waiting. The routes stay plain `def`, as in the tutorial.
+async def get_session():
     session = await session_of_this_request()
     yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]  # shorter to write, the same session
-
-
 # --- Section 5: the application -------------------------------------------------------------
-@asynccontextmanager  # turns the function below into the `with` block FastAPI wraps around it
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    prepare_database()  # at startup (part 3): wait for the database, then create_tables()
-    yield  # the app serves requests here
-    db_engine.dispose()  # at shutdown: close our connections, so the server logs no error
+@asynccontextmanager  # the code before `yield` runs at startup, the code after it at shutdown
+async def lifespan(app: FastAPI):
+    prepare_database()  # part 3: wait for the database, then create_tables()
+    yield
+    db_engine.dispose()  # close our connections, so the server logs no error
 
 
-app = FastAPIOffline(  # FastAPI, with /docs served by the app itself: no CDN, works offline
-    lifespan=lifespan,
-    max_body_size=64 * 1024,  # a user is a few hundred bytes: a larger body is refused unread
-    responses={503: {"description": "Database unavailable or busy"}},  # for /docs, on any route
-)
+# FastAPI, whose page /docs lists the routes and tries them; Offline: the page's files come from
+# the app, not the Internet. `responses` adds to that list what any route may answer: a 503.
+app = FastAPIOffline(lifespan=lifespan, responses={503: {"description": "Database busy or down"}})
 
 
 @app.get("/")
-def read_root() -> dict[str, str]:
+def read_root():
     return {"message": "Hello, World!"}
 
 
 # --- Section 5.1: create the tables ---------------------------------------------------------
-def create_tables() -> None:  # creates the tables that are missing, never changes one
-    BaseModelClass.metadata.create_all(db_engine)
+def create_tables():  # creates the tables that are missing, never changes one
+    BaseModelClass.metadata.create_all(bind=db_engine)
 
 
-# --- Section 8: create a user, approach A (the session comes from the dependency) -----------
+# --- Section 8.2: create a user, approach A (the session comes from the dependency) ---------
 # 201 Created, for a new row. /docs also lists 400 (a body that is not JSON) and 409 (taken).
 @app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
-def create_user(user: UserInput, session: SessionDep) -> UserOutput:
+def create_user(
+    user: UserInput,
+    session: Session = Depends(get_session),
+) -> UserOutput:
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()  # a taken username: the unique index says no, and part 3 answers 409
-    return UserOutput.model_validate(new_user)  # the new id is there: no refresh() needed
+    # The tutorial's answer, {"id": ..., "username": ..., "email": ...}, read from the new row.
+    # No refresh() first: this session keeps what it wrote, and the id is filled in by commit().
+    return UserOutput.model_validate(new_user)
 
 
 # === Part 2: more CRUD =======================================================================
@@ -137,6 +136,9 @@ from fastapi import HTTPException, Path, Query, Request, Response
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
+
+SessionDep = Annotated[Session, Depends(get_session)]  # shorter to write, the same session
+Email = Annotated[EmailStr, Field(max_length=120)]
 
 
 class UserPatch(TypedDict, total=False):  # a field may be left out, but not be null
@@ -209,6 +211,7 @@ import logging
 import pathlib
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,12 +227,13 @@ from anyio.lowlevel import RunVar
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy import Connection, Dialect, event, exc, inspect
+from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
 from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
+app.max_body_size = 64 * 1024  # a user is a few hundred bytes: a larger body is refused unread
 app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs shows these
 app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
@@ -242,6 +246,27 @@ CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # 
 REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
 this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
+
+
+# --- Usernames (docs/usernames.md): the rules check_username() applies, for a new name or a change
+def username_rules(name: str) -> str:
+    """The name in one Unicode spelling, as stored (NFKC: é typed as one character or as e and an
+    accent, ﬁ or fi, are one name), if it is a name; else a ValueError, which is answered 422."""
+    name = unicodedata.normalize("NFKC", name)
+    kinds = {c: unicodedata.category(c) for c in name}  # Cc: control, Cf: invisible
+    hidden = [f"U+{ord(c):04X}" for c, kind in kinds.items() if kind == "Cf" and c not in JOINERS]
+    if hidden:
+        raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
+    if "Cc" in kinds.values():
+        raise ValueError("control characters (a tab, a new line...) are not allowed")
+    if not 1 <= len(name) <= 50:
+        raise ValueError(f"a username has 1 to 50 characters, not {len(name)}")
+    if name != name.strip():
+        raise ValueError("no space at the start or the end")
+    return name
+
+
+JOINERS = "\u200c\u200d"  # invisible, but emoji and some scripts need them: 👩\u200d💻 is one
 
 
 # --- The engine: bounded waits, and each connection noted for the request that takes it -----

@@ -45,8 +45,8 @@ def by_username(src: str) -> str:
         '''
 
 @app.get("/users/by-username/{username}", responses=not_found)
-def read_user_by_username(username: str, session: SessionDep) -> UserOutput:
-    """Read one user by exact username."""
+def read_user_by_username(username: Username, session: SessionDep) -> UserOutput:
+    """Read one user by exact username, folded as the app folds the names it stores."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found")
@@ -144,6 +144,8 @@ def upgrade() -> None:
     # text for the defaults ("1", "(CURRENT_TIMESTAMP)"); sa.true() and sa.func.now() work on
     # every database. The rows that exist get these defaults: active, and created now (when
     # they were really created was never stored). On SQLite, the batch copies the table.
+    from datetime import UTC, datetime
+
     with op.batch_alter_table("users") as batch_op:
         batch_op.add_column(
             sa.Column("is_active", sa.Boolean(), server_default=sa.true(), nullable=False)
@@ -156,6 +158,10 @@ def upgrade() -> None:
                 nullable=False,
             )
         )
+    # NOW() is the server's local time, which is UTC only if the server is set so: write the
+    # migration's time in UTC, as the app writes created_at.
+    users = sa.table("users", sa.column("created_at", sa.DateTime(timezone=True)))
+    op.execute(users.update().values(created_at=datetime.now(UTC).replace(microsecond=0)))
 
 
 def downgrade() -> None:
@@ -274,13 +280,13 @@ def domain_filter(src: str) -> str:
         """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> list[UserOutput]:""",
         """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
-    domain: Annotated[str | None, Query(max_length=255, examples=["example.com"])] = None,
+    domain: Annotated[str | None, Query(min_length=1, max_length=255, examples=["example.com"])] = None,
 ) -> list[UserOutput]:""",
     )
     return after(
         src,
         "    query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)\n",
-        """    if domain:
+        """    if domain is not None:
         # EmailStr stores the domain in lower case; autoescape makes % and _ plain characters.
         query = query.where(UserTable.email.endswith("@" + domain.lower(), autoescape=True))
 """,
@@ -304,30 +310,37 @@ def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
 
 
 # --- Exercise 6 ----------------------------------------------------------------------------
-SESSION_PARAMETERS = (", session: SessionDep", "\n    session: SessionDep,", "session: SessionDep")
+SESSION_PARAMETERS = (
+    ", session: SessionDep",
+    "\n    session: SessionDep,",
+    "session: SessionDep",
+    "\n    session: Session = Depends(get_session),",
+)
 
 
 def approach_b(src: str) -> str:
     src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
-    src = add_import(src, "sqlalchemy.orm", "sessionmaker")
-    start = src.index("# --- Section 4.2")
-    session_dep = "SessionDep = Annotated[Session, Depends(get_session)]"
-    end = src.index("\n", src.index(session_dep)) + 1
+    start, end = src.index("# --- Section 4.2"), src.index("# --- Section 5:")
     src = (
         src[:start]
         + """# --- Section 8, approach B: each route opens its own session --------------------------------
-# A `with` block closes it on every path, errors included, so a failing request leaks no
-# connection, and the connection is back in the pool before the route's thread is free. Each
-# session is bound when it is opened, to db_engine as it is then: the tests point db_engine at
-# a database of their own (conftest.py), and so reach the routes too.
-SessionLocal = sessionmaker(expire_on_commit=False)
+# `with new_session() as session:` (part 3) in the route: the `with` block closes the session on
+# every path, errors included, so a failing request leaks no connection. new_session() waits for
+# a turn as get_session did, and its commits are known to the app, so a deadlock is still run
+# again. A bare sessionmaker would lose both (exercises/README.md, exercise 6).
+
+
 """
         + src[end:]
     )
-    # Every route (those of the exercises before too) drops its `session: SessionDep` parameter
-    # and runs its body in a `with` block.
-    while "session: SessionDep" in src:
-        at = src.index("session: SessionDep")
+    src = replace(
+        src,
+        "SessionDep = Annotated[Session, Depends(get_session)]  # shorter to write, the same session\n",
+        "",
+    )
+    # Every route (those of the exercises before too) drops its session parameter and runs its
+    # body in a `with` block.
+    while (at := min((src.find(p) for p in SESSION_PARAMETERS if p in src), default=-1)) >= 0:
         def_start = src.rindex("\ndef ", 0, at) + 1
         signature_end = src.index(":\n", src.index(") -> ", at)) + 2
         signature = src[def_start:signature_end]
@@ -341,7 +354,7 @@ SessionLocal = sessionmaker(expire_on_commit=False)
                 first = next(n for n in range(1, len(lines)) if '"""' in lines[n])
             first += 1
         indented = [("    " + line if line else line) for line in lines[first:]]
-        opened = "    with SessionLocal(bind=db_engine) as session:"
+        opened = "    with new_session() as session:"
         body = "\n".join([*lines[:first], opened, *indented])
         src = src[:def_start] + signature + body + src[body_end:]
     return src

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -199,20 +200,24 @@ def test_schema_error_at_runtime_answers_500_and_logs_the_cause(engine, tmp_path
     print(f"\nlog: {line}")
 
 
+def deadlocked_creates(engine, http) -> list:
+    """InnoDB's textbook deadlock: a transaction holds a new username; two requests insert the
+    same name and wait for it; it rolls back, and both waiters want the same lock at once."""
+    holder = engine.connect()
+    holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
+    body = {"username": "x", "email": "a@example.com"}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        waiting = [pool.submit(http.post, "/users/", json=body) for _ in range(2)]
+        time.sleep(0.5)  # both INSERTs now wait for the holder's lock
+        holder.rollback()
+        holder.close()
+        return [future.result() for future in waiting]
+
+
 def test_deadlock_is_run_again_once_and_then_meets_the_unique_index(mysql_engine):
-    # InnoDB's textbook deadlock: a transaction holds a new username; two requests insert the
-    # same name and wait for it; it rolls back, and both waiters want the same lock at once.
     # The victim runs again, sees the winner's row, and gets the 409 it deserves.
     with UvicornServer(url_of(mysql_engine)).wait_started() as server, server.client() as http:
-        holder = mysql_engine.connect()
-        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
-        body = {"username": "x", "email": "a@example.com"}
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            waiting = [pool.submit(http.post, "/users/", json=body) for _ in range(2)]
-            time.sleep(0.5)  # both INSERTs now wait for the holder's lock
-            holder.rollback()
-            holder.close()
-            responses = [future.result() for future in waiting]
+        responses = deadlocked_creates(mysql_engine, http)
     assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
     assert [r.json() for r in responses if r.status_code == 409] == [
         {"detail": "Username already taken"}
@@ -220,6 +225,28 @@ def test_deadlock_is_run_again_once_and_then_meets_the_unique_index(mysql_engine
     [line] = log_lines(server, "running it again")
     assert "(1213) Deadlock found" in line, line
     print(f"\nlog: {line}")
+
+
+@pytest.mark.parametrize("opened_with", ["new_session()", "a bare SessionLocal"])
+def test_exercise_6_keeps_the_rerun_with_new_session_and_loses_it_without(
+    mysql_engine, tmp_path, opened_with
+):
+    # Exercise 6's reference solution opens each session in the route with new_session(); its
+    # README says a bare sessionmaker loses the rerun: a deadlock then answers 503.
+    apply_solutions(copy_app(tmp_path), up_to="06")
+    if opened_with == "a bare SessionLocal":
+        app = (tmp_path / "main.py").read_text()
+        app = app.replace("with new_session() as session:", "with SessionLocal() as session:")
+        app += "\nSessionLocal = sessionmaker(bind=db_engine, expire_on_commit=False)\n"
+        (tmp_path / "main.py").write_text(app)
+    with (
+        UvicornServer(url_of(mysql_engine), cwd=tmp_path).wait_started() as server,
+        server.client() as http,
+    ):
+        responses = deadlocked_creates(mysql_engine, http)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == ([201, 409] if opened_with == "new_session()" else [201, 503]), statuses
+    print(f"\nexercise 6, sessions from {opened_with}: a deadlock answers {statuses}")
 
 
 def test_locked_sqlite_file_answers_503_busy(tmp_path):
@@ -345,8 +372,11 @@ def test_requests_in_flight_at_sigterm_finish(mysql_engine, make_proxy):
     assert statuses == [201] * 4
 
 
-def test_pool_recycles_connections_before_the_server_drops_them(mysql_engine):
-    with mysql_engine.connect() as connection:
-        wait_timeout = connection.execute(text("SELECT @@GLOBAL.wait_timeout")).scalar()
-    assert 0 < main.db_engine.pool._recycle < wait_timeout
-    assert main.db_engine.pool._pre_ping
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_connection_the_server_dropped_while_idle_is_replaced_unseen(engine, client):
+    # MySQL closes a connection idle for wait_timeout (8 hours by default): here, 1 second.
+    engine.dispose()  # the pool then holds only the connection below
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SET SESSION wait_timeout = 1")
+    time.sleep(2)  # the pool still holds it; pool_pre_ping finds it dead and connects again
+    assert client.get("/users/").status_code == 200

@@ -248,3 +248,15 @@ def test_every_commit_named_exists(doc):
     for commit in commits:
         found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT)
         assert found.returncode == 0, f"{doc.name} names commit {commit}, which is not in git"
+
+
+def test_the_numbers_of_the_latest_benchmark_come_from_its_results_file():
+    # docs/performance.md's first table and its ratios, against the file it cites.
+    text = (ROOT / "docs" / "performance.md").read_text()
+    cited = re.search(r"\(\.\./(bench/results-[\w-]+\.txt)\)", text).group(1)
+    results = (ROOT / cited).read_text()
+    table = text[text.index("| clients | app |") : text.index("Medians of the paired ratios")]
+    ratios = text[text.index("Medians of the paired ratios") : text.index("no drop")]
+    numbers = re.findall(r"\d[\d,]*\.\d+x?|\d{1,3},\d{3}|(?<=\| )\d{3}(?= \|)", table + ratios)
+    missing = [number for number in numbers if number not in results]
+    assert len(numbers) > 60 and missing == [], f"not in {cited}: {missing}"

@@ -49,3 +49,21 @@ def test_a_test_database_that_is_not_for_tests_is_refused(mysql_engine, which):
     assert run.returncode == 4, run.stdout
     assert f"Refusing TEST_DATABASE_URL: {reason}" in run.stdout
     assert "Nothing was dropped" in run.stdout
+
+
+def test_the_readmes_user_can_make_a_fresh_database_of_its_own(mysql_engine):
+    # README, section 4: "a new database of its own (`CREATE DATABASE tutorial_paging`, as the
+    # user `tutorial`)". The setup grants every database named tutorial_...; this test makes
+    # one under a name of its own, uses it, and drops only what it made.
+    assert "(`CREATE DATABASE tutorial_paging`, as the user `tutorial`" in " ".join(
+        (ROOT / "README.md").read_text().split()
+    )
+    fresh = "tutorial_fresh_made_by_the_tests"
+    with mysql_engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {fresh} CHARACTER SET utf8mb4"))
+        try:
+            connection.execute(text(f"CREATE TABLE {fresh}.users (id INT PRIMARY KEY)"))
+            connection.execute(text(f"INSERT INTO {fresh}.users VALUES (1)"))
+            assert connection.execute(text(f"SELECT id FROM {fresh}.users")).scalar() == 1
+        finally:
+            connection.execute(text(f"DROP DATABASE {fresh}"))

@@ -22,3 +22,17 @@ def test_unknown_username_returns_404(client):
 def test_ids_still_work(client):
     created = client.post("/users/", json={"username": "ada", "email": "ada@example.com"}).json()
     assert client.get(f"/users/{created['id']}").json() == created
+
+
+def test_the_lookup_folds_the_name_as_the_app_does(client):
+    # José as e plus a combining accent finds the José the app stored in one code point.
+    created = client.post("/users/", json={"username": "Jos\u00e9", "email": "j@example.com"})
+    response = client.get("/users/by-username/Jose\u0301")
+    assert response.status_code == 200
+    assert response.json() == created.json()
+
+
+def test_a_name_no_user_can_have_is_refused_with_422(client):
+    response = client.get("/users/by-username/ad\u200ba")  # a zero-width space inside
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "username"]

@@ -3,7 +3,7 @@ that adds them to a database that holds users already."""
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 
 from exercises.checks.migrating import add_users, models_match, upgrade_with_rows
 
@@ -46,9 +46,20 @@ def adds_the_columns(database) -> bool:
 def test_an_existing_database_upgrades_in_place_and_keeps_every_row(engine):
     # The database as it was before your change, with users in it; then your revision (one
     # line of revisions: yours follows the newest one before it).
+    # On MySQL, from a connection whose clock says UTC+5, as a server set to another time zone
+    # does: NOW() is then not UTC. (SQLite's clock is always UTC.)
+    far_from_utc = engine
+    if engine.dialect.name == "mysql":
+        far_from_utc = create_engine(
+            engine.url, connect_args={"init_command": "SET time_zone = '+05:00'"}
+        )
     migration = upgrade_with_rows(
-        engine, add_users, adds_the_columns, "no revision adds is_active and created_at to users"
+        far_from_utc,
+        add_users,
+        adds_the_columns,
+        "no revision adds is_active and created_at to users",
     )
+    far_from_utc.dispose()
     assert migration.before["users"] == migration.after["users"] == 2, migration
     with engine.connect() as connection:
         rows = connection.execute(
@@ -59,5 +70,11 @@ def test_an_existing_database_upgrades_in_place_and_keeps_every_row(engine):
         ("grace", "grace@example.com"),
     ]
     assert all(row.is_active for row in rows), "existing users should stay active"
-    assert all(row.created_at is not None for row in rows)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for row in rows:
+        created_at = datetime.fromisoformat(str(row.created_at)).replace(tzinfo=None)
+        assert abs(created_at - now) < timedelta(minutes=2), (
+            f"an existing user's created_at is {created_at}, not the migration's time in UTC"
+            f" ({now:%Y-%m-%d %H:%M}): write it in UTC, not the server's NOW()"
+        )
     models_match(engine)  # the newest revision's tables are exactly what the models declare

@@ -43,3 +43,10 @@ def test_like_wildcards_in_the_domain_are_taken_literally(client):
     create(client, "ada", "ada@example.com")
     assert client.get("/users/", params={"domain": "example_com"}).json() == []
     assert client.get("/users/", params={"domain": "%"}).json() == []
+
+
+def test_an_empty_domain_is_refused_with_422(client):
+    create(client, "ada", "ada@example.com")
+    response = client.get("/users/", params={"domain": ""})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "domain"]

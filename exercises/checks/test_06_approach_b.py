@@ -1,5 +1,6 @@
-"""Exercise 6: sessions from a sessionmaker inside each route (section 8, approach B), with no
-connection leaked when a request fails."""
+"""Exercise 6: each route opens its own session (section 8, approach B), from a sessionmaker
+called SessionLocal or from part 3's new_session(), with no connection leaked when a request
+fails."""
 
 import inspect
 
@@ -10,12 +11,19 @@ from sqlalchemy.orm import Session, sessionmaker
 import main
 
 
+def session_local() -> sessionmaker | None:
+    factory = getattr(main, "SessionLocal", None)
+    return factory if isinstance(factory, sessionmaker) else None
+
+
 @pytest.fixture
 def approach_b(client):
     # exercises/conftest.py binds SessionLocal to the test database, as conftest.py points
-    # main.db_engine at it.
-    factory = getattr(main, "SessionLocal", None)
-    assert isinstance(factory, sessionmaker), "define SessionLocal = sessionmaker(...)"
+    # main.db_engine at it; new_session() binds main.db_engine as it is when it is called.
+    assert session_local() or "with new_session() as session:" in inspect.getsource(main), (
+        "open each session in the route: `with new_session() as session:`, or define"
+        " SessionLocal = sessionmaker(...) and use `with SessionLocal(bind=db_engine) as session:`"
+    )
     return client
 
 
@@ -56,13 +64,14 @@ def test_failing_requests_leak_no_connection(approach_b, engine):
 
 def test_sessions_are_not_left_open(approach_b, monkeypatch):
     opened: list[Session] = []
-    make_session = main.SessionLocal
+    name = "SessionLocal" if session_local() else "session_factory"  # new_session() uses it
+    make_session = getattr(main, name)
 
     def tracking(**options) -> Session:
         opened.append(make_session(**options))
         return opened[-1]
 
-    monkeypatch.setattr(main, "SessionLocal", tracking)
+    monkeypatch.setattr(main, name, tracking)
     client = approach_b
     client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
     client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
@@ -74,7 +83,7 @@ def test_sessions_are_not_left_open(approach_b, monkeypatch):
 def test_the_routes_use_db_engine_as_the_tests_set_it(approach_b, rows, tmp_path):
     # conftest.py, and so `pytest test_main.py`, points main.db_engine at a test database. A
     # session bound to the engine SessionLocal was made with would reach your own app.db.
-    factory = main.SessionLocal
+    factory = session_local() or main.session_factory
     bound, elsewhere = factory.kw.get("bind"), create_engine(f"sqlite:///{tmp_path}/other.db")
     factory.configure(bind=elsewhere)
     try:

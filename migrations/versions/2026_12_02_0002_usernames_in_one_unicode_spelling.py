@@ -1,7 +1,7 @@
 """usernames: one Unicode spelling each (NFKC), as the app stores them since this revision
 
 A database may hold names written before the app folded them: "José" as e plus a combining
-accent, "Kevin" with the Kelvin sign. This revision folds each one as main.one_spelling() does.
+accent, "Kevin" with the Kelvin sign. This revision folds each one as main.username_rules() does.
 When two rows would become the same name, it changes nothing and stops with a message that lists
 them: a person decides which one keeps the name. It never drops or merges a row.
 
