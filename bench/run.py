@@ -1,10 +1,12 @@
 """Benchmark: this app against other apps (--peer DIR) and the raw PyMySQL ceiling, on MySQL.
 
     python bench/run.py                  # beside the tutorial's code, bench/tutorial/
+    python bench/run.py --twin           # and main_async.py, the async twin, beside both
 
-Starts `uvicorn main:app` for each app on a free port, drives it with wrk (a threaded Python
-client when wrk is missing), alternates the apps round by round so that the machine's drift
-cancels out, and prints one table with the ratios. See README.md, "Performance".
+Starts `uvicorn main:app` (the twin: main_async:app) for each app on a free port, drives it
+with wrk (a threaded Python client when wrk is missing), alternates the apps round by round so
+that the machine's drift cancels out, and prints one table with the ratios. See README.md,
+"Performance".
 """
 
 import argparse
@@ -135,10 +137,11 @@ def count_rows(url: str) -> int:
 
 
 class App:
-    def __init__(self, name: str, directory: Path, url: str, workers: int):
+    def __init__(self, name: str, directory: Path, url: str, workers: int, module: str = "main"):
         self.name, self.port = name, free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        command = [python_for(directory), "-m", "uvicorn", "main:app", "--port", str(self.port)]
+        command = [python_for(directory), "-m", "uvicorn", f"{module}:app"]  # main_async: the twin
+        command += ["--port", str(self.port)]
         command += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
         env = {**os.environ, "DATABASE_URL": url}
         self.process = subprocess.Popen(command, cwd=directory, env=env)
@@ -340,6 +343,7 @@ def main() -> None:
     parser.add_argument(
         "--peer", action="append", type=Path, help="another app's dir (default: bench/tutorial)"
     )
+    parser.add_argument("--twin", action="store_true", help="also main_async.py, the async twin")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -348,7 +352,8 @@ def main() -> None:
     args = parser.parse_args()
     args.database_url = database_url_for_the_bench(args.database_url)
     peers = args.peer or [HERE / "tutorial"]
-    apps = [("this app", ROOT)] + [(f"peer {p.name}", p.resolve()) for p in peers]
+    apps = [("this app", ROOT, "main")] + [("async twin", ROOT, "main_async")] * args.twin
+    apps += [(f"peer {p.name}", p.resolve(), "main") for p in peers]
     wrk = shutil.which("wrk") or "no wrk: Python threads (slower)"
     rounds = f"{args.rounds} rounds of {args.duration:g} s"
     print(f"Load generator: {wrk}; {rounds}; {os.cpu_count()} cores")
@@ -362,20 +367,20 @@ def main() -> None:
             reset_table(args.database_url)
             servers = []
             try:
-                for name, directory in apps:
-                    servers.append(App(name, directory, args.database_url, workers))
+                for name, directory, module in apps:
+                    servers.append(App(name, directory, args.database_url, workers, module))
                 servers[0].seed()
-                runs: dict[str, list[dict]] = {name: [] for name, _ in apps}
+                runs: dict[str, list[dict]] = {name: [] for name, *_ in apps}
                 raw = {"post": [], "get": []}
                 for number in range(args.rounds):
                     order = servers[number % len(servers) :] + servers[: number % len(servers)]
-                    measured = {name: {} for name, _ in apps}
+                    measured = {name: {} for name, *_ in apps}
                     for kind in ("root", "post", "get"):
                         for name, result in measure(
                             order, args.database_url, kind, concurrency, args.duration
                         ).items():
                             measured[name][kind] = result
-                    for name, _ in apps:
+                    for name, *_ in apps:
                         runs[name].append(measured[name])
                     for kind in raw:
                         raw[kind].append(
@@ -403,7 +408,7 @@ def print_table(rows, apps) -> None:
     )
     print("\n" + header + "\n" + re.sub(r"[^|]", "-", header))
     for workers, concurrency, runs, raw in rows:
-        for name, _ in apps:
+        for name, *_ in apps:
             ceiling = median(runs[name], "root", "rps")
             for kind, route in (
                 ("post", "POST /users/"),
@@ -428,18 +433,19 @@ def print_table(rows, apps) -> None:
     print("\nRatios of requests/s: the median of the rounds' paired ratios (each round measured")
     print("every app in turn), then each round's ratio in order; CPU: the other app's CPU time")
     print("per request over this app's, the median of the rounds (above 1: this app uses less).")
+    pairs = [(a, b) for index, (a, *_) in enumerate(apps) for b, *_ in apps[index + 1 :]]
     for workers, concurrency, runs, _raw in rows:
-        ours = runs["this app"]
-        for name, _ in apps[1:]:
+        for ours, name in pairs:  # this app vs each other; with --twin, the twin vs the peers too
             ratios = []
             for kind, route in (("post", "POST"), ("get", "GET {id}"), ("root", "GET /")):
                 paired = [
-                    a[kind]["rps"] / b[kind]["rps"] for a, b in zip(ours, runs[name], strict=True)
+                    a[kind]["rps"] / b[kind]["rps"]
+                    for a, b in zip(runs[ours], runs[name], strict=True)
                 ]
                 each = ", ".join(f"{ratio:.2f}" for ratio in paired)
                 ratios.append(f"{route} {statistics.median(paired):.2f}x ({each})")
             where = f"workers {workers}, concurrency {concurrency}"
-            print(f"{where}: this app vs {name}: {'; '.join(ratios)}")
+            print(f"{where}: {ours} vs {name}: {'; '.join(ratios)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,659 @@
+# === Part 1 of 3: the tutorial, sections 3 to 8 in its order (2: more CRUD, 3: a real service)
+# main.py's async twin: the same app on SQLAlchemy's asyncio (`diff main.py main_async.py`).
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, status
+from fastapi_offline import FastAPIOffline
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import URL, MetaData, String, make_url
+from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, create_async_engine
+from sqlalchemy.orm import Mapped, declarative_base, mapped_column
+
+
+# --- Section 3: the database URL, the engine and the model ----------------------------------
+class Settings(BaseSettings):  # each value from the environment, else from the file .env
+    # extra="ignore": .env may hold other lines (TEST_DATABASE_URL for the tests): not an error
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
+    # The "pool": connections the engine keeps open and lends to one request at a time. ge:
+    # greater or equal, so a 0 stops the app. A request may wait twice (for a free connection,
+    # then for a new one when the free one is dead), each half of db_timeout: at least 2 s.
+    db_pool_size: int = Field(default=4, ge=1)
+    db_timeout: float = Field(default=10, ge=4)  # seconds a request may wait for the database
+
+
+settings = Settings()  # a bad value stops the app here, with a message that names the setting
+DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
+
+
+def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio driver
+    url = make_url(database_url)  # mysql+aiomysql:// or +asyncmy:// stay as they are
+    if url.get_dialect().is_async:
+        return url
+    drivers = {"mysql": "mysql+aiomysql", "sqlite": "sqlite+aiosqlite"}
+    return url.set(drivername=drivers.get(url.get_backend_name(), url.drivername))
+
+
+db_engine = create_async_engine(
+    async_url(DB_URL),
+    pool_size=settings.db_pool_size,  # the pool: this many connections, reused
+    max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
+    pool_timeout=settings.db_timeout / 2,  # all lent out: wait at most half of db_timeout
+    pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
+)
+
+# Alembic, the tool that changes tables which hold rows (README, section 7), finds a key or an
+# index by its name. These patterns name each one alike on SQLite and MySQL; "%(table_name)s"
+# is Python's %-formatting, filled in with the table's name. Here: pk_users (the primary key)
+# and uq_users_username (the UNIQUE column); ix_ and fk_ wait for the tables you add (a second
+# table with an index and a foreign key: exercise 3).
+names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
+names["ix"] = "ix_%(column_0_label)s"  # label: the table's name, then the column's
+names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
+# AsyncAttrs: `await user.awaitable_attrs.posts` loads a relationship, which `user.posts` cannot.
+BaseModelClass = declarative_base(cls=AsyncAttrs, metadata=MetaData(naming_convention=names))
+
+
+class UserTable(BaseModelClass):
+    __tablename__ = "users"
+    # MySQL only: store any Unicode (utf8mb4, emoji too), and compare exactly (_bin), so that
+    # "Ada" and "ada" are two usernames, as on SQLite. MySQL's default thinks them the same.
+    __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+    # SQLAlchemy 2's typed Column(...). A key or a UNIQUE column has its index: no index=True.
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(50), unique=True)
+    email: Mapped[str] = mapped_column(String(120))
+
+
+# --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
+def check_username(name: str) -> str:
+    # The rules are plain Python, but long, so they come last in the file: username_rules() in
+    # part 3. This function only passes the name on; Python finds username_rules when a request
+    # calls it, by which time the whole file has run. Among the rules: 1 to 50 characters, and
+    # one spelling per name ("é" can arrive as one character, or as "e" plus an accent: both
+    # are stored as the one character, so a name can get shorter: the 50 are counted after).
+    return username_rules(name)
+
+
+# Annotated[str, ...]: a str, with rules that Pydantic applies in order: at most 200 characters
+# as sent (a quick first limit, whatever the name becomes), then check_username().
+Username = Annotated[str, Field(max_length=200, examples=["ada"]), AfterValidator(check_username)]
+
+
+class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
+    username: Username
+    email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
+
+
+class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows it
+    # from_attributes: UserOutput.model_validate(row) reads a UserTable row's attributes
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    username: str
+    email: str
+
+
+# --- Section 4.2: the session dependency ----------------------------------------------------
+# The tutorial opens a Session here and closes it in `finally`. Part 3 does both, once per
+# request: a route and its dependencies share one session, and part 3 closes it (the tutorial's
+# session.close()) once the answer is built. `async def` and `await`, here and in every route:
+# while a query waits for the database, the event loop serves other requests. A plain def
+# cannot await the session's calls: part 3 refuses one.
+async def get_session():
+    session = await session_of_this_request()
+    yield session
+
+
+# --- Section 5: the application -------------------------------------------------------------
+@asynccontextmanager  # the code before `yield` runs at startup, the code after it at shutdown
+async def lifespan(app: FastAPI):
+    try:  # a startup that fails closes its connections too (an unclosed one warns, in async)
+        await prepare_database()  # part 3: wait for the database, then create_tables()
+        yield
+    finally:
+        await db_engine.dispose()  # close our connections, so the server logs no error
+
+
+# FastAPI, whose page /docs lists the routes and tries them; Offline: the page's files come from
+# the app, not the Internet. `responses` adds to that list what any route may answer: a 503.
+app = FastAPIOffline(lifespan=lifespan, responses={503: {"description": "Database busy or down"}})
+
+
+@app.get("/")
+async def read_root():
+    return {"message": "Hello, World!"}
+
+
+# --- Section 5.1: create the tables ---------------------------------------------------------
+async def create_tables():  # creates the tables that are missing, never changes one
+    async with db_engine.begin() as connection:
+        await connection.run_sync(BaseModelClass.metadata.create_all)
+
+
+# --- Section 8.2: create a user, approach A (the session comes from the dependency) ---------
+# 201 Created, for a new row. /docs also lists 400 (a body that is not JSON) and 409 (taken).
+@app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
+async def create_user(
+    user: UserInput,
+    session: AsyncSession = Depends(get_session),
+) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    await session.commit()  # a taken username: the unique index says no, and part 3 answers 409
+    # The tutorial's answer, {"id": ..., "username": ..., "email": ...}, read from the new row.
+    # No refresh() first: this session keeps what it wrote, and the id is filled in by commit().
+    return UserOutput.model_validate(new_user)
+
+
+# === Part 2: more CRUD =======================================================================
+from fastapi import HTTPException, Path, Query, Request, Response
+from sqlalchemy import delete, select
+from sqlalchemy.orm.exc import StaleDataError
+from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]  # shorter to write, the same session
+Email = Annotated[EmailStr, Field(max_length=120)]
+
+
+class UserPatch(TypedDict, total=False):  # a field may be left out, but not be null
+    username: Username
+    email: Email
+
+
+UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the id column is a 32-bit INT
+not_found = {404: {"description": "User not found"}}
+
+
+async def get_user_or_404(session: AsyncSession, user_id: int) -> UserTable:
+    user = await session.get(UserTable, user_id)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found")
+    return user
+
+
+@app.get("/users/")
+async def read_users(
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    after_id: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # no table has more rows
+    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+) -> list[UserOutput]:
+    """Users in id order: page with **`after_id`** (next page: the `Link` header), or `skip`."""
+    # after_id: the primary key's index finds the start. skip: rows read, then thrown away.
+    query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)
+    users = list(await session.scalars(query.offset(skip).limit(limit + 1)))  # a next page?
+    if len(users) > limit:
+        users.pop()
+        # A relative link (RFC 8288): never built from the Host header, which the client chose.
+        next_page = request.url.remove_query_params("skip")
+        next_page = next_page.include_query_params(after_id=users[-1].id)
+        response.headers["Link"] = f'<{request.url.path}?{next_page.query}>; rel="next"'
+    return [UserOutput.model_validate(user) for user in users]
+
+
+@app.get("/users/{user_id}", responses=not_found)
+async def read_user(user_id: UserId, session: SessionDep) -> UserOutput:
+    return UserOutput.model_validate(await get_user_or_404(session, user_id))
+
+
+@app.patch("/users/{user_id}", responses={**not_found, 400: {}, 409: {}})
+async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:
+    """Change the fields you send; leave a field out to keep it."""
+    user = await get_user_or_404(session, user_id)
+    for field, value in changes.items():
+        setattr(user, field, value)
+    try:
+        await session.commit()  # sends the UPDATE; a taken username: 409, as in create_user
+    except StaleDataError:  # another request deleted the row since we read it
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found") from None
+    return UserOutput.model_validate(user)
+
+
+@app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=not_found)
+async def delete_user(user_id: UserId, session: SessionDep) -> None:
+    # One DELETE that counts the rows it removed: no SELECT first, no race with another DELETE.
+    deleted = (await session.execute(delete(UserTable).where(UserTable.id == user_id))).rowcount
+    await session.commit()
+    if deleted == 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found")
+
+
+# === Part 3: what a real service adds =======================================================
+import asyncio
+import contextlib
+import logging
+import math
+import pathlib
+import time
+import unicodedata
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from inspect import isasyncgenfunction, iscoroutinefunction
+from typing import get_type_hints
+
+import anyio
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from anyio.lowlevel import RunVar
+from fastapi.dependencies.models import Dependant
+from fastapi.responses import JSONResponse
+from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
+logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
+app.max_body_size = 64 * 1024  # a user is a few hundred bytes: a larger body is refused unread
+app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs shows these
+app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
+WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
+# Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
+# connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement.
+UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
+BUSY_CODES = {1213, 1205, 1969, 3024, "SQLITE_BUSY"}
+UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
+REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
+this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
+turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
+preparing_of_this_loop: RunVar[anyio.Lock] = RunVar("preparing")  # and one lock per loop
+
+
+# --- Usernames (docs/usernames.md): the rules check_username() applies, for a new name or a change
+def username_rules(name: str) -> str:
+    """The name in one Unicode spelling, as stored (NFKC: é typed as one character or as e and an
+    accent, ﬁ or fi, are one name), if it is a name; else a ValueError, which is answered 422."""
+    name = unicodedata.normalize("NFKC", name)
+    kinds = {c: unicodedata.category(c) for c in name}  # Cc: control, Cf: invisible
+    hidden = [f"U+{ord(c):04X}" for c, kind in kinds.items() if kind == "Cf" and c not in JOINERS]
+    if hidden:
+        raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
+    if "Cc" in kinds.values():
+        raise ValueError("control characters (a tab, a new line...) are not allowed")
+    if not 1 <= len(name) <= 50:
+        raise ValueError(f"a username has 1 to 50 characters, not {len(name)}")
+    if name != name.strip():
+        raise ValueError("no space at the start or the end")
+    return name
+
+
+JOINERS = "\u200c\u200d"  # invisible, but emoji and some scripts need them: 👩\u200d💻 is one
+
+
+# --- The engine: bounded waits, and each connection noted for the request that takes it -----
+def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' too (conftest.py)
+    @event.listens_for(engine, "checkout")  # by any session: its commits may not be known
+    def note_checkout(*_: object) -> None:
+        if work := this_request.get(None):
+            work.connections += 1
+
+    # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. Each
+    # starts the request's bound (bound_wait, below), and its end stops it.
+    for starts in ("before_cursor_execute", "commit", "rollback"):
+        event.listen(engine, starts, lambda *_: bound_wait(WAIT_SECONDS))
+    for ends in ("after_cursor_execute", "checkin"):
+        event.listen(engine, ends, lambda *_: bound_wait(None))
+
+    @event.listens_for(engine, "invalidate")  # a connection dropped, as a cancelled query's is
+    def roll_back_first(dbapi_connection: object, *_: object) -> None:
+        # SQLite's close() leaves the file locked while a cancelled query's cursor lives (until
+        # Python's garbage collector runs): a ROLLBACK, queued after the query, unlocks it.
+        if engine.dialect.name == "sqlite":
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                dbapi_connection.rollback()
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
+        if dialect.name == "sqlite":  # another writer holds the file: wait, a second less than us
+            options["timeout"] = WAIT_SECONDS - 1
+            connection = dialect.connect(*args, **options)
+            connection.cursor().execute("PRAGMA foreign_keys = ON")  # obeyed only if asked
+            return connection
+        options["connect_timeout"] = WAIT_SECONDS  # its only timeout: the bound covers the rest
+        # The server ends a lock wait or a statement a second before we give up (503 busy, and
+        # nothing of ours keeps running). /*M! is read by MariaDB only, /*!50708 by MySQL only.
+        seconds = WAIT_SECONDS - 1
+        locks = f"innodb_lock_wait_timeout = {seconds:.0f}, lock_wait_timeout = {seconds:.0f}"
+        mariadb, mysql = f"max_statement_time = {seconds}", f"max_execution_time = {seconds:.0f}000"
+        options["init_command"] = f"SET SESSION {locks} /*M!, {mariadb} */ /*!50708 , {mysql} */"
+
+
+guard_engine(db_engine.sync_engine)
+
+
+# --- Turns: at most DB_POOL_SIZE sessions at once, each closed with one ROLLBACK at most -----
+# No thread waits here. Without turns the pool alone would bound the sessions, but unfairly: a
+# request that comes as a connection is given back takes it before one that has waited (a p99
+# of 0.8 s at 32 clients). Turns are taken in order, first come, first served.
+async def take_turn(work: "RequestWork | None" = None) -> anyio.Semaphore:
+    if (turns := turns_of_this_loop.get(None)) is None:
+        turns_of_this_loop.set(turns := anyio.Semaphore(settings.db_pool_size))
+    waited = turns.value == 0
+    with anyio.move_on_after(WAIT_SECONDS):
+        await turns.acquire()
+        if waited and work and await work.client_gone():  # it waited: is its client still there?
+            turns.release()
+            logger.info("%s: the client was gone before its turn came, not run", work.where)
+            raise HTTPException(499, "Client closed the request")
+        return turns
+    raise exc.TimeoutError(f"No database turn free in {WAIT_SECONDS:g} s")  # answered 503 busy
+
+
+# --- Bounds: each wait for the database ends within WAIT_SECONDS ------------------------------
+# The middleware runs each request in a cancel scope; a wait that outlasts its bound cancels it,
+# and SQLAlchemy drops the connection it was using: the server rolls its transaction back.
+def bound_wait(seconds: float | None) -> None:  # None: the wait is over
+    if work := this_request.get(None):
+        work.waits.deadline = math.inf if seconds is None else anyio.current_time() + seconds
+
+
+def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavailable
+    cause = TimeoutError(2013, f"No answer from the database in {WAIT_SECONDS:g} s: dropped")
+    return exc.OperationalError(None, None, cause, connection_invalidated=True)
+
+
+# The sessions of part 3: readable after commit(), unusable once closed (never a connection
+# outside a turn). RequestSession is their sync half: their listeners are registered on it once.
+class RequestSession(Session):
+    pass
+
+
+session_factory = async_sessionmaker(
+    sync_session_class=RequestSession, expire_on_commit=False, close_resets_only=False
+)
+
+
+@event.listens_for(RequestSession, "after_transaction_create")
+def wait_for_connection(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # a connection next: a free one, then a ping or a connect
+        bound_wait(settings.db_timeout)
+
+
+event.listen(RequestSession, "after_rollback", lambda *_: bound_wait(None))
+
+
+@event.listens_for(RequestSession, "after_begin")
+def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
+    bound_wait(None)
+    session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
+    if work := this_request.get(None):
+        work.own_connections += 1
+
+
+@event.listens_for(RequestSession, "after_commit")
+def note_commit(session: Session) -> None:
+    bound_wait(None)
+    if work := this_request.get(None):
+        work.commits += 1
+
+
+def end_transaction(session: Session) -> None:  # run_sync'ed: in SQLAlchemy's greenlet
+    if session.is_active and "connection" in session.info:  # close() alone: two ROLLBACKs
+        session.info["connection"].close()  # ends the transaction with one
+    session.close()
+
+
+async def close_session(session: AsyncSession) -> None:
+    """However the request ended, cancelled too: its transaction ends, and its connection goes
+    back to the pool or, if the server does not answer in time, is dropped."""
+    if not session.in_transaction():  # after a commit, or no SQL: nothing to wait for
+        return session.sync_session.close()
+    with anyio.CancelScope(shield=True):  # a cancelled request still closes its session
+        with anyio.move_on_after(WAIT_SECONDS):
+            try:
+                return await session.run_sync(end_transaction)  # a ROLLBACK waits for the server
+            except exc.DBAPIError as error:  # the connection died: the server rolls back itself
+                logger.warning("Closing a session: %s", error.orig)
+        await session.invalidate()  # no answer, or an error: drop the connection, not the rollback
+
+
+@asynccontextmanager
+async def new_session() -> AsyncIterator[AsyncSession]:
+    """A session and a turn of its own, for work after a request's own code: a streamed answer,
+    a background task, a WebSocket's message (README, section 6). Use it in an async def."""
+    turns = await take_turn()
+    session = session_factory(bind=db_engine)
+    try:
+        yield session
+    finally:
+        await close_session(session)
+        turns.release()
+
+
+# --- One request, one session: opened at the first ask, closed before the answer is sent -----
+async def session_of_this_request() -> AsyncSession:  # in another app: mount main_async.app
+    return await this_request.get().open_session()
+
+
+class RequestWork:
+    """One run of a request: its session and turn, its commits and its answer. The body it read
+    is kept for a second run."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, kept: list, first: bool) -> None:
+        self.scope, self.from_client, self.to_client, self.kept = scope, receive, send, kept
+        self.can_run_again = first and scope["type"] == "http"  # once, for HTTP
+        self.session, self.turns, self.answered = None, None, False
+        self.waits = anyio.CancelScope()  # the bound of its waits for the database
+        self.delivered = self.commits = self.connections = self.own_connections = 0
+
+    @property
+    def where(self) -> str:  # for the log
+        return f"{self.scope.get('method', 'WebSocket')} {self.scope['path']}"
+
+    async def open_session(self) -> AsyncSession:
+        if self.session is None:
+            if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
+                await prepare_app()
+            self.turns = await take_turn(self if self.scope["type"] == "http" else None)
+            self.session = session_factory(bind=db_engine)
+        return self.session
+
+    async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
+        if self.turns is not None:
+            turns, self.turns = self.turns, None
+            try:  # after a commit closing sends nothing; after a read, a ROLLBACK
+                await close_session(self.session)
+            finally:
+                turns.release()
+                bound_wait(None)
+
+    async def receive(self) -> Message:
+        if self.delivered == len(self.kept):
+            message = await self.from_client()
+            if message["type"] != "http.request" or not self.can_run_again:
+                return message
+            self.kept.append(message)  # over the app's limit, Starlette refuses a second run
+            self.can_run_again = sum(len(part["body"]) for part in self.kept) <= app.max_body_size
+        self.delivered += 1
+        return self.kept[self.delivered - 1]
+
+    async def client_gone(self) -> bool:  # looks at what has arrived, without waiting
+        message: Message = {}
+        with anyio.CancelScope() as peek:
+            peek.cancel()
+            while (message := await self.from_client())["type"] == "http.request":
+                self.kept.append(message)  # the route's, to be read
+        return message.get("type") == "http.disconnect"
+
+    async def send(self, message: Message) -> None:
+        if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
+            self.answered = True  # the answer is built: an idle socket or a slow client holds
+            if self.turns:  # no turn, nor a background task after it
+                await self.close()
+        await self.to_client(message)
+
+
+def one_session_per_request(inner: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await inner(scope, receive, send)
+        kept: list[Message] = []  # the body the route read, for a second run
+        for run, first in ((scope, True), (dict(scope), False)):  # the second: the scope as it came
+            work = RequestWork(run, receive, send, kept, first)
+            token = this_request.set(work)
+            try:
+                with work.waits:  # cancelled when a wait for the database outlasts its bound
+                    return await inner(run, work.receive, work.send)
+                raise no_answer()
+            except (exc.DBAPIError, exc.TimeoutError) as error:
+                answer = database_error(error, work)  # None: run it again, after a deadlock
+            finally:
+                if work.turns:  # a session was opened, and not yet closed
+                    await work.close()
+                this_request.reset(token)
+            if answer is not None:
+                return await answer(run, work.receive, send)
+
+    return middleware
+
+
+app.add_middleware(one_session_per_request)
+
+
+# --- Database errors: an honest answer for each, the real cause in the log -------------------
+def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
+    """The answer to a database error, or None: run the request again."""
+    cause = getattr(error, "orig", None)  # the driver's error; none: no turn or connection free
+    code = cause and (getattr(cause, "sqlite_errorname", None) or cause.args[0])
+    cause = f"{type(error).__name__} ({code}) {(cause or error).args[-1]}"  # never the SQL
+    committed = work.commits > 0
+    if work.scope["type"] == "websocket":
+        logger.error("Database error on %s, closed with 1011: %s", work.where, cause)
+        return WebSocketClose(status.WS_1011_INTERNAL_ERROR)
+    if work.answered:  # a streamed answer has begun: nothing more can be said to the client
+        logger.error("Database error on %s, after the answer began: %s", work.where, cause)
+        raise error
+    # MySQL (or Galera, for a clash of nodes' writes) undoes one transaction of a deadlock: run
+    # again, it meets the winner's rows. After a commit that part would be written twice: a 500.
+    # A connection that was not a session of ours may have committed: then it is not run again.
+    only_ours = work.connections == work.own_connections
+    if code == 1213 and not committed and only_ours and work.can_run_again:
+        logger.warning("Database error on %s, running it again: %s", work.where, cause)
+        return None
+    # A taken username: the unique index decides, not a SELECT first, which races would pass.
+    conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
+    if conflict and "username" in cause[-20:]:
+        return JSONResponse({"detail": "Username already taken"}, status.HTTP_409_CONFLICT)
+    if conflict:  # another rule: a bug, logged
+        status_code, detail = 409, "Conflicts with existing data"
+    elif (code in BUSY_CODES and not committed) or isinstance(error, exc.TimeoutError):
+        status_code, detail = 503, "Database busy, try again"  # sent again, it is likely to work
+    elif code in UNAVAILABLE_CODES or error.connection_invalidated:
+        status_code, detail = 503, "Database unavailable"
+    else:  # the schema and the model disagree, a bug, or busy after a commit: see the log
+        status_code, detail = 500, "Internal Server Error"
+        cause += "; not run again: the request had committed already" if committed else ""
+    logger.error("Database error on %s, answered %s %s: %s", work.where, status_code, detail, cause)
+    retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
+    headers = {"Retry-After": retry_after} if retry_after else None
+    return JSONResponse({"detail": detail}, status_code, headers=headers)
+
+
+# --- Health probes, for a load balancer or an orchestrator (docs/deploying.md) -------------
+@app.get("/livez", tags=["health"])
+async def livez() -> dict[str, str]:
+    """The app runs. Never touches the database: a database blip must not restart the app."""
+    return {"status": "alive"}
+
+
+@app.get("/readyz", tags=["health"])
+async def readyz(session: SessionDep) -> dict[str, str]:
+    """Every table is there and answers within DB_TIMEOUT: send traffic."""
+    if problem := await (await session.connection()).run_sync(schema_problem):
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, problem)
+    await session.scalar(select(UserTable.id).limit(1))  # a row: SELECT 1 passes without quorum
+    return {"status": "ready"}
+
+
+# --- Startup: wait for the database, create the tables, tell Alembic ------------------------
+prepared_engines: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()  # once per process, engine
+
+
+async def prepare_database() -> None:  # at startup, which prepares again
+    url = db_engine.url.render_as_string(hide_password=True)
+    logger.info("Database: %s", url)
+    prepared_engines.discard(db_engine)
+    deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
+    while db_engine not in prepared_engines:  # workers starting together may also meet here
+        try:
+            with anyio.move_on_after(settings.db_timeout) as bound:  # aiomysql would wait forever
+                await prepare_app()
+            if bound.cancelled_caught:
+                raise no_answer()
+        except (exc.OperationalError, exc.IntegrityError) as error:
+            refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
+            if refused or (left := deadline - time.monotonic()) <= 0:
+                message = f"Cannot use the database {url}: {error.orig}. Check that the server"
+                raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
+            logger.warning("Database not ready (%s): again in %.2f s", error.orig, pause)
+            await anyio.sleep(min(pause, left))
+            pause *= 2
+    async with db_engine.connect() as connection:  # create_all never changes a table that exists
+        if problem := await connection.run_sync(schema_problem):
+            raise RuntimeError(problem)
+
+
+async def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+    if (preparing := preparing_of_this_loop.get(None)) is None:
+        preparing_of_this_loop.set(preparing := anyio.Lock())  # concurrent first requests wait
+    async with preparing:
+        if db_engine in prepared_engines:
+            return
+        for route in app.routes:  # a plain def runs in a thread, where nothing awaits the session
+            for name in plain_defs_taking_the_session(getattr(route, "dependant", Dependant())):
+                raise RuntimeError(
+                    f"{route.path}: {name}() is a plain def that takes the session, whose calls"
+                    " must be awaited. Write it as `async def`, and `await` each call on the"
+                    " session: `user = await session.get(UserTable, user_id)` (README, section 6)."
+                )
+        # Alembic manages a database with an alembic_version table: create_all leaves it alone.
+        async with db_engine.connect() as connection:
+            tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
+        if "alembic_version" not in tables:
+            none_yet = not tables & set(BaseModelClass.metadata.tables)
+            await create_tables()
+            migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py
+            if none_yet and migrations.is_dir():  # made from nothing: the newest revision's
+                async with db_engine.begin() as connection:
+                    await connection.run_sync(stamp_head, ScriptDirectory(str(migrations)))
+        prepared_engines.add(db_engine)
+
+
+def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:
+    MigrationContext.configure(connection).stamp(revisions, "head")
+
+
+def plain_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
+    for sub_dependant in dependant.dependencies:  # the route's function, and its dependencies'
+        yield from plain_defs_taking_the_session(sub_dependant)
+    call = dependant.call
+    with contextlib.suppress(TypeError, NameError):  # an object with __call__, an unread hint
+        plain = not (iscoroutinefunction(call) or isasyncgenfunction(call))
+        if plain and AsyncSession in get_type_hints(call).values():
+            yield call.__name__
+
+
+def schema_problem(bind: Connection) -> str | None:
+    """A table or a column that the models declare and the database lacks, and what to do."""
+    database = inspect(bind)
+    for table in BaseModelClass.metadata.sorted_tables:
+        there = database.has_table(table.name)
+        existing = {column["name"] for column in database.get_columns(table.name)} if there else ()
+        if missing := [
+            repr(column.name) for column in table.columns if column.name not in existing
+        ]:
+            problem = f"has no column {', '.join(missing)}" if there else "is missing"
+            return (
+                f"Table '{table.name}' {problem}, which the models declare. If no revision has"
+                ' it yet, write one (`alembic revision --autogenerate -m "..."`), then run'
+                " `alembic upgrade head` (README: Changing the schema)."
+            )
+    return None

@@ -1,0 +1,758 @@
+"""main_async.py, the async twin (issue 32): what async adds to main.py's guarantees, each on
+SQLite and MySQL where it applies. test_main.py's behaviour runs on both apps (conftest.py).
+
+In-process cases run the twin's ASGI app on an event loop of their own (httpx2's ASGITransport:
+no lifespan, so the app also prepares its tables at first use, as when mounted); the others run
+`uvicorn main:app` on a copy of main_async.py named main.py."""
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+
+import httpx2
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import exc, make_url, text
+from starlette.websockets import WebSocketDisconnect
+
+from conftest import twin_engine, url_of
+from tests.support import IGNORED, ROOT, UvicornServer, free_port, other_connection_ids, together
+
+ADA = {"username": "ada", "email": "ada@example.com"}
+BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
+MARGIN = 0.5  # for the machine
+
+
+def twin_folder(folder: Path, learner_code: str = "", name: str = "main.py") -> Path:
+    """main_async.py, with a learner's code appended, copied into folder as `name`, with the
+    Alembic revisions beside it."""
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text((ROOT / "main_async.py").read_text() + learner_code)
+    shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
+    return folder
+
+
+@pytest.fixture
+def twin_app(engine, tmp_path: Path, monkeypatch) -> Iterator[Callable[..., ModuleType]]:
+    """Loads a copy of main_async.py with a learner's code appended, pointed at the test's
+    database (or `database_url`): `twin_app(code, DB_POOL_SIZE="1")`. Each copy is its own
+    module, with its own engine and app."""
+    loaded: list[ModuleType] = []
+
+    def load(learner_code: str = "", database_url: str | None = None, **settings) -> ModuleType:
+        folder = twin_folder(tmp_path / f"twin-{len(loaded)}", learner_code, "main_async.py")
+        for name, value in {"DATABASE_URL": database_url or url_of(engine), **settings}.items():
+            monkeypatch.setenv(name, value)
+        module_name = f"twin_copy_{len(loaded)}"
+        spec = importlib.util.spec_from_file_location(module_name, folder / "main_async.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(module)
+        return module
+
+    yield load
+
+
+def on_loop(app: ModuleType, scenario) -> object:
+    """Runs scenario(http) on an event loop of its own, with an httpx2 client talking to the
+    app in process; the app's engine is disposed on that loop afterwards."""
+
+    async def main() -> object:
+        transport = httpx2.ASGITransport(app=app.app)
+        try:
+            async with httpx2.AsyncClient(transport=transport, base_url="http://twin") as http:
+                return await scenario(http)
+        finally:
+            await app.db_engine.dispose()
+
+    return asyncio.run(main())
+
+
+def open_transactions(engine) -> int:
+    """1 if a transaction still holds a write lock (the tests' UPDATE of every user), else 0:
+    on SQLite, another connection cannot take the file's write lock; on MySQL, a row's."""
+    if engine.dialect.name == "sqlite":
+        import sqlite3
+
+        probe = sqlite3.connect(engine.url.database, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return 0
+        except sqlite3.OperationalError:
+            return 1
+        finally:
+            probe.close()
+    with engine.connect() as admin:  # NOWAIT: a locked row is an error at once (MariaDB 10.3)
+        try:
+            admin.exec_driver_sql("SELECT id FROM users FOR UPDATE NOWAIT").all()
+            return 0
+        except exc.DBAPIError:
+            return 1
+        finally:
+            admin.rollback()
+
+
+def settled(check: Callable[[], int], seconds: float = 3) -> int:
+    """check() once it is 0, or its value after `seconds` (the server notices a dropped
+    connection a moment later)."""
+    deadline = time.monotonic() + seconds
+    while (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+# --- Runs where main.py runs, with main.py's settings ----------------------------------------
+def test_main_async_copied_alone_imports_without_warnings_and_serves_on_sqlite(tmp_path):
+    shutil.copy(ROOT / "main_async.py", tmp_path / "main_async.py")
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    command = [sys.executable, "-W", "error", "-c", "import main_async"]
+    imported = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert imported.returncode == 0 and imported.stderr == "", imported.stderr
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "main_async:app", "--port", str(port)]
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with httpx2.Client(base_url=f"http://127.0.0.1:{port}") as http:
+                    created = http.post("/users/", json=ADA)
+                    read = http.get(f"/users/{created.json()['id']}")
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "main_async did not start"
+                time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGINT)
+        log = server.communicate(timeout=15)[1]
+    assert created.status_code == 201 and read.json() == created.json()
+    assert (tmp_path / "app.db").exists()
+    assert "sqlite+aiosqlite:///./app.db" in log
+    assert "Traceback" not in log and "Warning" not in log, log
+
+
+@pytest.mark.parametrize(
+    "given, used",
+    [
+        ("sqlite:///./app.db", "sqlite+aiosqlite"),
+        ("mysql+pymysql://u:p@localhost/db", "mysql+aiomysql"),
+        ("mysql://u:p@localhost/db", "mysql+aiomysql"),
+        ("mysql+aiomysql://u:p@localhost/db", "mysql+aiomysql"),
+        ("mysql+asyncmy://u:p@localhost/db", "mysql+asyncmy"),
+    ],
+)
+def test_main_pys_database_url_gets_an_async_driver(given, used):
+    twin = importlib.import_module("main_async")
+    assert twin.async_url(given).drivername == used
+
+
+@pytest.mark.parametrize("driver", ["mysql", "mysql+pymysql", "mysql+aiomysql", "mysql+asyncmy"])
+def test_each_mysql_url_form_reaches_the_server(mysql_engine, driver):
+    url = make_url(url_of(mysql_engine)).set(drivername=driver)
+
+    async def select_one() -> int:
+        engine = twin_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.scalar(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(select_one()) == 1
+
+
+# --- A learner's plain def, which cannot await the session ---------------------------------
+PLAIN_DEF = """
+
+# --- Added by a learner: a route written as main.py's are -------------------------------------
+@app.get("/learner/count")
+def count_users(session: SessionDep) -> dict:
+    return {"users": len(list(session.scalars(select(UserTable))))}
+"""
+
+PLAIN_DEF_DEPENDENCY = """
+
+# --- Added by a learner: a plain def dependency that takes the session ------------------------
+def current_user(session: AsyncSession = Depends(get_session)) -> UserTable:
+    return session.get(UserTable, 1)
+
+
+@app.get("/learner/me")
+async def read_me(user: UserTable = Depends(current_user)) -> dict:
+    return {"username": user.username}
+"""
+
+
+@pytest.mark.parametrize("code", [PLAIN_DEF, PLAIN_DEF_DEPENDENCY], ids=["route", "dependency"])
+def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(twin_app, code):
+    app = twin_app(code)
+    with pytest.raises(RuntimeError) as stopped, TestClient(app.app):
+        pass
+    message = str(stopped.value)
+    print(f"\n{message}")
+    assert "/learner/" in message and "plain def" in message
+    assert "async def" in message and "await" in message
+
+
+def test_a_plain_def_route_stops_a_mounted_app_at_its_first_request(twin_app):
+    app = twin_app(PLAIN_DEF)
+    outer = FastAPI()
+    outer.mount("/api", app.app)
+    with TestClient(outer) as client:
+        with pytest.raises(RuntimeError, match="async def"):
+            client.get("/api/users/")
+        client.portal.call(app.db_engine.dispose)  # no lifespan of its own: on its event loop
+
+
+# --- Lazy loads: the course's posts, on the app's own routes ---------------------------------
+POSTS = """
+
+# --- Added by a learner: the course's posts (exercise 3), and a route that reads them ---------
+from sqlalchemy import ForeignKey, Text
+from sqlalchemy.orm import relationship
+
+
+class PostTable(BaseModelClass):
+    __tablename__ = "posts"
+    __table_args__ = {"mysql_charset": "utf8mb4"}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    user: Mapped[UserTable] = relationship(back_populates="posts")
+
+
+UserTable.posts = relationship(PostTable, back_populates="user", order_by=PostTable.id)
+
+
+@app.post("/users/{user_id}/posts", status_code=201)
+async def create_post(user_id: UserId, title: str, session: SessionDep) -> dict:
+    user = await get_user_or_404(session, user_id)
+    session.add(PostTable(user=user, title=title, body="text"))
+    await session.commit()
+    return {"titles": [post.title for post in await user.awaitable_attrs.posts]}
+"""
+
+
+def test_a_relationship_never_surfaces_as_a_missing_greenlet_in_the_apps_routes(
+    twin_app, engine, caplog
+):
+    app = twin_app(POSTS)
+    with TestClient(app.app) as client:
+        ada = client.post("/users/", json=ADA).json()["id"]
+        grace = client.post("/users/", json={**ADA, "username": "grace"}).json()["id"]
+        answers = [client.post(f"/users/{ada}/posts", params={"title": t}) for t in "AB"]
+        answers += [client.post(f"/users/{grace}/posts", params={"title": "G"})]
+        answers += [
+            client.get("/users/"),
+            client.get(f"/users/{ada}"),
+            client.patch(f"/users/{ada}", json={"email": "new@example.com"}),
+            client.patch(f"/users/{grace}", json={"username": "ada"}),  # 409, then rolled back
+            client.patch(f"/users/{grace}", json={"username": "grace2"}),
+            client.delete(f"/users/{ada}"),  # the database deletes her posts
+            client.get(f"/users/{ada}"),
+            client.get("/readyz"),
+        ]
+        with engine.connect() as connection:
+            posts = connection.execute(text("SELECT title FROM posts")).scalars().all()
+    statuses = [answer.status_code for answer in answers]
+    print(f"\n{engine.dialect.name}: {statuses}")
+    assert statuses == [201, 201, 201, 200, 200, 200, 409, 200, 204, 404, 200]
+    assert answers[1].json() == {"titles": ["A", "B"]}
+    assert posts == ["G"]
+    assert "MissingGreenlet" not in caplog.text
+
+
+# --- Cancelled mid-request: no connection checked out, no transaction left on the server -------
+HOLDING = """
+
+# --- Added by a test: a request that writes, then waits: in a query, or between two -----------
+import anyio
+from sqlalchemy import text, update
+
+
+@app.post("/learner/hold/{where}")
+async def hold(where: str, session: SessionDep) -> dict:
+    await session.execute(update(UserTable).values(email="held@example.com"))  # a lock held
+    if where == "between":
+        await anyio.sleep(30)
+    elif session.bind.dialect.name == "mysql":
+        await session.execute(text("SELECT SLEEP(3)"))  # the server stops it after 4 s
+    else:  # a long query on SQLite: counts to 10 million (2 s)
+        count = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1e7)"
+        await session.execute(text(count + " SELECT COUNT(*) FROM c"))
+    await session.commit()
+    return {"held": where}
+"""
+
+
+@pytest.mark.parametrize("where", ["between", "in-query"])
+def test_a_task_cancelled_mid_request_leaves_no_connection_and_no_transaction(
+    twin_app, engine, rows, where
+):
+    app = twin_app(HOLDING)
+
+    async def scenario(http) -> tuple[int, int, int]:
+        user_id = (await http.post("/users/", json=ADA)).json()["id"]
+        request = asyncio.create_task(http.post(f"/learner/hold/{where}"))
+        await asyncio.sleep(1)  # it holds the row lock and waits
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        checked_out = app.db_engine.pool.checkedout()
+        left = await asyncio.to_thread(settled, lambda: open_transactions(engine), 6)
+        after = await http.get(f"/users/{user_id}")  # the pool still serves
+        return checked_out, left, after.status_code
+
+    checked_out, left, after = on_loop(app, scenario)
+    print(f"\n{engine.dialect.name}, cancelled {where}: {checked_out} checked out, {left} open")
+    assert (checked_out, left, after) == (0, 0, 200)
+    assert [row[2] for row in rows()] == ["ada@example.com"]  # the UPDATE was rolled back
+
+
+def test_a_request_cancelled_by_server_shutdown_leaves_nothing_open(engine, tmp_path, rows):
+    folder = twin_folder(tmp_path / "app", HOLDING)
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)]
+    command += ["--timeout-graceful-shutdown", "1"]  # then uvicorn cancels what still runs
+    env = {**os.environ, "DATABASE_URL": url_of(engine)}
+    server = subprocess.Popen(command, cwd=folder, env=env, stderr=subprocess.PIPE, text=True)
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                http.post("/users/", json=ADA)
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "main_async did not start"
+                time.sleep(0.1)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            holding = [
+                pool.submit(http.post, f"/learner/hold/{w}") for w in ("between", "in-query")
+            ]
+            time.sleep(1)
+            server.send_signal(signal.SIGTERM)
+            log = server.communicate(timeout=30)[1]
+            answers = [future.exception() or future.result().status_code for future in holding]
+    left = settled(lambda: open_transactions(engine))
+    print(f"\n{engine.dialect.name}: shutdown mid-request: {answers}; {left} left open")
+    assert server.returncode in (0, -signal.SIGTERM), log  # uvicorn ends as its signal says
+    assert left == 0
+    assert [row[2] for row in rows()] == ["ada@example.com"]
+    for trouble in ("Traceback", "non-checked-in", "never awaited", "Exception"):
+        assert trouble not in log, log
+
+
+# --- A stalled server: 503 within DB_TIMEOUT, the connection dropped --------------------------
+STALL_MID_TRANSACTION = """
+
+# --- Added by a test: a write, then the network stalls before the next query ------------------
+from sqlalchemy import select, update
+
+
+@app.post("/learner/stall")
+async def stall(session: SessionDep) -> dict:
+    await session.execute(update(UserTable).values(email="held@example.com"))  # a lock held
+    proxy.stalled = True  # set by the test
+    return {"users": len((await session.scalars(select(UserTable))).all())}
+"""
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_stall_mid_transaction_answers_503_within_the_bound_and_leaves_nothing_open(
+    twin_app, engine, make_proxy, rows
+):
+    proxy = make_proxy()
+    app = twin_app(STALL_MID_TRANSACTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+    app.proxy = proxy
+
+    async def scenario(http) -> tuple:
+        await http.post("/users/", json=ADA)
+        started = time.monotonic()
+        stalled = await http.post("/learner/stall")
+        seconds = time.monotonic() - started
+        checked_out = app.db_engine.pool.checkedout()
+        proxy.stalled = False
+        left = await asyncio.to_thread(settled, lambda: open_transactions(engine))
+        after = await http.get("/users/1")
+        return stalled, seconds, checked_out, left, after.status_code
+
+    stalled, seconds, checked_out, left, after = on_loop(app, scenario)
+    print(
+        f"\nstalled mid-transaction: {stalled.status_code} {stalled.json()} after {seconds:.2f} s"
+    )
+    assert (stalled.status_code, stalled.json()) == (503, {"detail": "Database unavailable"})
+    assert stalled.headers["Retry-After"] == "5"
+    assert seconds <= BOUND / 2 + MARGIN  # one wait: its bound
+    assert (checked_out, left, after) == (0, 0, 200)
+    assert [row[2] for row in rows()] == ["ada@example.com"]
+
+
+def test_a_stalled_database_answers_503_within_the_bound_then_recovers(
+    mysql_engine, make_proxy, tmp_path
+):
+    proxy = make_proxy()
+    server = UvicornServer(
+        url_of(mysql_engine, proxy), cwd=twin_folder(tmp_path), extra_env={"DB_TIMEOUT": str(BOUND)}
+    )
+    with server.wait_started(), server.client(timeout=60) as http:
+        user_id = http.post("/users/", json=ADA).json()["id"]
+        proxy.stalled = True
+        started = time.monotonic()
+        alone = http.get(f"/users/{user_id}")
+        alone_seconds = time.monotonic() - started
+
+        def one(number: int) -> tuple[float, int]:
+            started = time.monotonic()
+            if number % 2:
+                answer = http.get(f"/users/{user_id}")
+            else:
+                answer = http.post("/users/", json={**ADA, "username": f"user{number}"})
+            return time.monotonic() - started, answer.status_code
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            waiting = pool.map(one, range(64))
+            time.sleep(0.5)
+            started = time.monotonic()
+            root = http.get("/")  # while 64 wait on the database
+            root_seconds = time.monotonic() - started
+            results = list(waiting)
+        proxy.stalled = False
+        after = http.get(f"/users/{user_id}")
+    slowest = max(seconds for seconds, _ in results)
+    statuses = sorted({status for _, status in results})
+    print(f"\nstalled: alone {alone.status_code} after {alone_seconds:.2f} s; 64 at once:")
+    print(f"{statuses}, slowest {slowest:.2f} s; GET / {root_seconds * 1000:.0f} ms")
+    assert (alone.status_code, alone.json()) == (503, {"detail": "Database unavailable"})
+    assert alone_seconds <= BOUND + MARGIN
+    assert statuses == [503]
+    assert slowest <= 2 * BOUND + MARGIN
+    assert root.status_code == 200 and root_seconds < 0.5
+    assert after.status_code == 200
+    [line, *_] = [line for line in server.lines if "answered 503 Database unavailable" in line]
+    assert "OperationalError" in line and "2013" in line, line
+
+
+# --- The rest of main.py's part 3, on the twin -------------------------------------------------
+TWO_SPELLINGS = """
+
+# --- Added by a learner: a dependency that takes the session, as FastAPI's docs write one -----
+from fastapi import HTTPException
+
+
+async def get_current_user(session: AsyncSession = Depends(get_session)) -> UserTable:
+    user = await session.get(UserTable, 1)
+    if user is None:
+        raise HTTPException(status_code=404, detail="User not found")
+    return user
+
+
+@app.get("/learner/me")
+async def read_me(session: SessionDep, user: UserTable = Depends(get_current_user)) -> dict:
+    return {"username": user.username, "one_session": user in session}
+"""
+
+
+def test_a_dependency_and_its_route_share_one_session(twin_app):
+    app = twin_app(TWO_SPELLINGS, DB_POOL_SIZE="1", DB_TIMEOUT=str(BOUND))
+    with TestClient(app.app) as client:
+        client.post("/users/", json=ADA)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: client.get("/learner/me"), range(8)))
+    assert {answer.status_code for answer in answers} == {200}
+    assert answers[0].json() == {"username": "ada", "one_session": True}
+
+
+SIGNUPS = """
+
+# --- Added by a learner: a second table, and sign-ups that may commit to it first -------------
+class AuditTable(BaseModelClass):
+    __tablename__ = "learner_audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(100))
+
+
+async def audited(user: UserInput, session: AsyncSession = Depends(get_session)) -> UserInput:
+    session.add(AuditTable(action=f"signup {user.username}"))
+    await session.commit()
+    return user
+
+
+@app.post("/learner/signup", status_code=201)
+async def learner_signup(session: SessionDep, user: UserInput = Depends(audited)) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    await session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize("path", ["/users/", "/learner/signup"])
+def test_a_deadlock_is_run_again_unless_the_request_had_committed(twin_app, engine, caplog, path):
+    # InnoDB's textbook deadlock: a holder keeps a new username "x" uncommitted; two sign-ups
+    # of "x" wait for it; the holder rolls back, and the two deadlock. /users/ has committed
+    # nothing: run again, it meets the winner's row (409). /learner/signup has committed its
+    # audit row: run again, it would write it twice, so it answers 500.
+    app = twin_app(SIGNUPS)
+    with TestClient(app.app) as client:
+        holder = engine.connect()
+        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            body = {"username": "x", "email": "a@example.com"}
+            waiting = [pool.submit(client.post, path, json=body) for _ in range(2)]
+            time.sleep(1)
+            holder.rollback()
+            holder.close()
+            statuses = sorted(future.result().status_code for future in waiting)
+    with engine.connect() as connection:
+        audits = connection.execute(text("SELECT COUNT(*) FROM learner_audit")).scalar()
+    messages = [record.getMessage() for record in caplog.records]
+    print(f"\n{path}: {statuses}, audit rows {audits}")
+    if path == "/users/":
+        assert statuses == [201, 409]
+        assert any("running it again" in message for message in messages)
+    else:
+        assert statuses == [201, 500] and audits == 2
+        assert any("committed already" in message for message in messages)
+
+
+SOCKET = """
+
+# --- Added by a learner: a WebSocket that reads a table that is not there ---------------------
+from fastapi import WebSocket
+
+
+@app.websocket("/learner/broken")
+async def broken_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.receive_text()
+    async with new_session() as session:
+        await session.execute(text("SELECT * FROM learner_no_such_table"))
+"""
+
+
+def test_a_websockets_database_error_closes_it_with_1011_and_is_logged(twin_app, caplog):
+    app = twin_app(
+        SOCKET.replace("import WebSocket", "import WebSocket\nfrom sqlalchemy import text")
+    )
+    with TestClient(app.app) as client, client.websocket_connect("/learner/broken") as socket:
+        socket.send_text("go")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+        checked_out = app.db_engine.pool.checkedout()
+    assert closed.value.code == 1011 and checked_out == 0
+    assert "closed with 1011" in caplog.text
+
+
+def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_app, rows):
+    app = twin_app()
+    outer = FastAPI()
+    outer.mount("/api", app.app)
+    with TestClient(outer) as client:
+        created = client.post("/api/users/", json=ADA)
+        ready = client.get("/api/readyz")
+        client.portal.call(app.db_engine.dispose)  # no lifespan of its own: on its event loop
+    assert created.status_code == 201 and ready.json() == {"status": "ready"}
+    assert rows() == [(created.json()["id"], "ada", "ada@example.com")]
+
+
+def test_readyz_answers_503_naming_a_missing_table(twin_app, engine):
+    app = twin_app()
+    with TestClient(app.app) as client:
+        assert client.get("/readyz").status_code == 200
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE users"))
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "Table 'users' is missing" in response.json()["detail"]
+
+
+STREAM_WITH_THE_ROUTES_SESSION = """
+
+# --- Added by a learner: a stream that uses the route's session after the answer began --------
+from fastapi.responses import StreamingResponse
+
+
+@app.get("/learner/users.csv")
+async def export_users(session: SessionDep) -> StreamingResponse:
+    async def lines():
+        yield "id,username\\n"
+        for user in await session.scalars(select(UserTable).order_by(UserTable.id)):
+            yield f"{user.id},{user.username}\\n"
+
+    return StreamingResponse(lines(), media_type="text/csv")
+"""
+
+
+def test_the_session_is_closed_before_the_answer_is_sent(twin_app):
+    app = twin_app(STREAM_WITH_THE_ROUTES_SESSION)
+    with TestClient(app.app) as client:
+        client.post("/users/", json=ADA)
+        with pytest.raises(exc.InvalidRequestError, match="closed"):
+            client.get("/learner/users.csv")
+        checked_out = app.db_engine.pool.checkedout()
+    assert checked_out == 0
+
+
+# --- Startup, as main.py's: waits for a database still starting, stops at once when refused ---
+def test_started_before_its_database_it_waits_for_it_and_serves(mysql_engine, make_proxy, tmp_path):
+    proxy = make_proxy()
+    proxy.cut()
+    server = UvicornServer(url_of(mysql_engine, proxy), cwd=twin_folder(tmp_path))
+    time.sleep(4)
+    proxy.restore()
+    with server.wait_started(timeout=30), server.client() as http:
+        response = http.post("/users/", json=ADA)
+    tries = [line for line in server.lines if "not ready" in line]
+    print(f"\n{len(tries)} tries while the database was down; then {response.status_code}")
+    assert response.status_code == 201, "\n".join(server.lines)
+    assert tries and "Can't connect" in tries[0]
+
+
+def test_a_refused_login_stops_it_at_once_with_one_clear_line(mysql_engine, tmp_path):
+    url = mysql_engine.url.set(host="127.0.0.1", password="wrong-s3cret")
+    server = UvicornServer(url.render_as_string(hide_password=False), cwd=twin_folder(tmp_path))
+    started = time.monotonic()
+    code = server.process.wait(timeout=20)
+    seconds = time.monotonic() - started
+    server.stop()
+    [line] = [line for line in server.lines if "Cannot use the database" in line]
+    print(f"\nrefused login: exit code {code} after {seconds:.1f} s: {line}")
+    assert code != 0 and seconds < 5
+    assert "Access denied" in line and "***" in line and "wrong-s3cret" not in line
+
+
+AFTER_THE_ANSWER = """
+
+# --- Added by a learner: a stream and a background task, each with a session of its own -------
+from fastapi import BackgroundTasks
+from fastapi.responses import StreamingResponse
+
+
+@app.get("/learner/users.csv")
+async def export_users() -> StreamingResponse:
+    async def lines():
+        yield "id,username\\n"
+        after_id = 0
+        while True:  # a page per session: no connection held while the client reads
+            async with new_session() as session:
+                query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)
+                page = (await session.scalars(query.limit(100))).all()
+            if not page:
+                return
+            for user in page:
+                yield f"{user.id},{user.username}\\n"
+            after_id = page[-1].id
+
+    return StreamingResponse(lines(), media_type="text/csv")
+
+
+async def remember_visit(user_id: int) -> None:
+    async with new_session() as session:
+        (await session.get(UserTable, user_id)).email = "visited@example.com"
+        await session.commit()
+
+
+@app.post("/learner/users/{user_id}/visits", status_code=202)
+async def visit(user_id: int, background_tasks: BackgroundTasks) -> dict:
+    background_tasks.add_task(remember_visit, user_id)
+    return {"queued": True}
+"""
+
+
+def test_a_stream_and_a_background_task_with_sessions_of_their_own(twin_app, engine, rows):
+    app = twin_app(AFTER_THE_ANSWER, DB_TIMEOUT=str(BOUND))
+    with TestClient(app.app) as client:
+        user_id = client.post("/users/", json=ADA).json()["id"]
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO users (username, email) VALUES (:name, 'u@example.com')"),
+                [{"name": f"user{number:03}"} for number in range(249)],
+            )
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            exports = list(pool.map(lambda _: client.get("/learner/users.csv"), range(16)))
+        visit = client.post(f"/learner/users/{user_id}/visits")
+        checked_out = app.db_engine.pool.checkedout()
+    assert {export.status_code for export in exports} == {200}
+    assert {len(export.text.splitlines()) for export in exports} == {251}
+    assert visit.status_code == 202 and checked_out == 0
+    assert rows()[0] == (user_id, "ada", "visited@example.com")
+
+
+# --- Races, through a real server: the unique index decides ------------------------------------
+def test_concurrent_creates_give_one_201_per_username_and_one_row(engine, tmp_path):
+    server = UvicornServer(url_of(engine), cwd=twin_folder(tmp_path))
+    limits = httpx2.Limits(max_connections=250, max_keepalive_connections=250)
+    with server.wait_started(), server.client(limits=limits) as http:
+        one_name = together(30, lambda _: http.post("/users/", json=ADA))
+        distinct = together(
+            100, lambda n: http.post("/users/", json={**ADA, "username": f"user{n}"})
+        )
+    with engine.connect() as connection:
+        names = connection.execute(text("SELECT username FROM users")).scalars().all()
+    print(f"\n{engine.dialect.name}: one name {Counter(one_name)}, distinct {Counter(distinct)}")
+    assert Counter(one_name) == {201: 1, 409: 29}
+    assert Counter(distinct) == {201: 100}
+    assert sorted(names) == sorted(["ada", *(f"user{n}" for n in range(100))])
+
+
+# --- Outages, and the tables it creates: as main.py ----------------------------------------------
+def test_a_network_cut_gives_503_then_it_recovers_alone(mysql_engine, make_proxy, tmp_path):
+    proxy = make_proxy()
+    server = UvicornServer(url_of(mysql_engine, proxy), cwd=twin_folder(tmp_path))
+    with server.wait_started(), server.client() as http:
+        assert http.post("/users/", json=ADA).status_code == 201
+        proxy.cut()
+        during = [http.get("/users/1"), http.post("/users/", json={**ADA, "username": "b"})]
+        proxy.restore()
+        restored_at = time.monotonic()
+        while (after := http.get("/users/1")).status_code != 200:
+            assert time.monotonic() - restored_at < 5, "no recovery within 5 s"
+            time.sleep(0.05)
+    assert [(r.status_code, r.json()) for r in during] == [
+        (503, {"detail": "Database unavailable"})
+    ] * 2
+    assert all(r.headers["Retry-After"] == "5" for r in during)
+    assert after.json()["username"] == "ada"
+
+
+def test_connections_killed_by_the_server_are_replaced_on_the_next_request(mysql_engine, tmp_path):
+    server = UvicornServer(url_of(mysql_engine), cwd=twin_folder(tmp_path))
+    with server.wait_started(), server.client() as http:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # several pooled connections, idle now
+            list(pool.map(lambda n: http.get("/users/"), range(24)))
+        with mysql_engine.connect() as admin:
+            ids = other_connection_ids(admin)
+            for connection_id in ids:
+                admin.execute(text(f"KILL {int(connection_id)}"))
+        read, created = http.get("/users/"), http.post("/users/", json=ADA)
+    assert ids, "the app held no connection to kill"
+    assert (read.status_code, created.status_code) == (200, 201)
+
+
+def test_the_tables_it_creates_are_stamped_at_head_and_alembic_finds_nothing_to_do(
+    twin_app, engine
+):
+    from tests.test_migrations import HEAD, alembic, version
+
+    app = twin_app()
+    with TestClient(app.app) as client:
+        client.post("/users/", json=ADA)
+    assert version(engine) == HEAD
+    alembic(engine, "upgrade", "head")
+    alembic(engine, "check")  # the twin's models are main.py's
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]
