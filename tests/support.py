@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,3 +240,19 @@ class UvicornServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def deadlocked(engine, post, sends: list[dict], held: str = "x", pause: float = 0.5) -> list:
+    """InnoDB's textbook deadlock: a holder inserts the username `held` and keeps it uncommitted;
+    the requests (`post(**send)` each, at once) insert it too and wait for its lock; the holder
+    rolls back, and the waiters deadlock. Their answers, in the order of `sends`."""
+    holder = engine.connect()
+    holder.execute(
+        text("INSERT INTO users (username, email) VALUES (:name, 'h@example.com')"), {"name": held}
+    )
+    with ThreadPoolExecutor(max_workers=len(sends)) as pool:
+        waiting = [pool.submit(post, **send) for send in sends]
+        time.sleep(pause)  # every request now waits for the holder's lock
+        holder.rollback()
+        holder.close()
+        return [future.result() for future in waiting]

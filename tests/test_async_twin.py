@@ -27,7 +27,15 @@ from sqlalchemy import exc, make_url, text
 from starlette.websockets import WebSocketDisconnect
 
 from conftest import twin_engine, url_of
-from tests.support import IGNORED, ROOT, UvicornServer, free_port, other_connection_ids, together
+from tests.support import (
+    IGNORED,
+    ROOT,
+    UvicornServer,
+    deadlocked,
+    free_port,
+    other_connection_ids,
+    together,
+)
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -508,15 +516,8 @@ def test_a_deadlock_is_run_again_unless_the_request_had_committed(twin_app, engi
     # audit row: run again, it would write it twice, so it answers 500.
     app = twin_app(SIGNUPS)
     with TestClient(app.app) as client:
-        holder = engine.connect()
-        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            body = {"username": "x", "email": "a@example.com"}
-            waiting = [pool.submit(client.post, path, json=body) for _ in range(2)]
-            time.sleep(1)
-            holder.rollback()
-            holder.close()
-            statuses = sorted(future.result().status_code for future in waiting)
+        sends = [{"url": path, "json": {"username": "x", "email": "a@example.com"}}] * 2
+        statuses = sorted(r.status_code for r in deadlocked(engine, client.post, sends, pause=1))
     with engine.connect() as connection:
         audits = connection.execute(text("SELECT COUNT(*) FROM learner_audit")).scalar()
     messages = [record.getMessage() for record in caplog.records]

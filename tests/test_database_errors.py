@@ -12,7 +12,14 @@ from sqlalchemy import create_engine, text
 
 import main
 from conftest import url_of
-from tests.support import ROOT, UvicornServer, apply_solutions, copy_app, other_connection_ids
+from tests.support import (
+    ROOT,
+    UvicornServer,
+    apply_solutions,
+    copy_app,
+    deadlocked,
+    other_connection_ids,
+)
 
 BOUND = 4.0  # DB_TIMEOUT for these tests, the least allowed: each wait 2 s, the server's 1 s
 MARGIN = 0.5  # for the machine: thread start-up, the client, a busy CI runner
@@ -201,17 +208,8 @@ def test_schema_error_at_runtime_answers_500_and_logs_the_cause(engine, tmp_path
 
 
 def deadlocked_creates(engine, http) -> list:
-    """InnoDB's textbook deadlock: a transaction holds a new username; two requests insert the
-    same name and wait for it; it rolls back, and both waiters want the same lock at once."""
-    holder = engine.connect()
-    holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
     body = {"username": "x", "email": "a@example.com"}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        waiting = [pool.submit(http.post, "/users/", json=body) for _ in range(2)]
-        time.sleep(0.5)  # both INSERTs now wait for the holder's lock
-        holder.rollback()
-        holder.close()
-        return [future.result() for future in waiting]
+    return deadlocked(engine, http.post, [{"url": "/users/", "json": body}] * 2)
 
 
 def test_deadlock_is_run_again_once_and_then_meets_the_unique_index(mysql_engine):

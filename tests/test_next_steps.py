@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 import main
 from conftest import need, url_of
-from tests.support import UvicornServer, copy_app
+from tests.support import UvicornServer, copy_app, deadlocked
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 
@@ -178,14 +178,7 @@ def test_a_deadlock_on_a_form_route_runs_it_again_or_answers_busy(mysql_engine, 
         path, send = "/learner/signup-with-avatar", {"data": {"username": "x"}, "files": avatar}
     server = UvicornServer(url_of(mysql_engine), cwd=app)
     with server.wait_started(), server.client() as http:
-        holder = mysql_engine.connect()
-        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            waiting = [pool.submit(http.post, path, **send) for _ in range(2)]
-            time.sleep(0.5)  # both INSERTs now wait for the holder's lock
-            holder.rollback()
-            holder.close()
-            responses = [future.result() for future in waiting]
+        responses = deadlocked(mysql_engine, http.post, [{"url": path, **send}] * 2)
     answers = sorted(
         (response.status_code, response.json().get("detail")) for response in responses
     )

@@ -20,7 +20,7 @@ from sqlalchemy import exc, text
 from starlette.websockets import WebSocketDisconnect
 
 from conftest import url_of
-from tests.support import ROOT, UvicornServer, copy_app
+from tests.support import ROOT, UvicornServer, copy_app, deadlocked
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 FAST = {"DB_TIMEOUT": "4"}  # each single wait 2 s: a 503 for want of a turn comes after 2 s
@@ -143,15 +143,9 @@ def test_a_deadlock_after_a_dependencys_commit_answers_500_and_keeps_one_audit_r
     # again, it would write that row a second time.
     app = learner_app(AUDITED_SIGNUP)
     with TestClient(app.app) as client:
-        holder = engine.connect()
-        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
         body = {"username": "x", "email": "a@example.com"}
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            waiting = [pool.submit(client.post, "/learner/signup", json=body) for _ in range(2)]
-            time.sleep(1)  # both requests have committed their audit row and wait for "x"
-            holder.rollback()
-            holder.close()
-            statuses = sorted(future.result().status_code for future in waiting)
+        sends = [{"url": "/learner/signup", "json": body}] * 2
+        statuses = sorted(r.status_code for r in deadlocked(engine, client.post, sends, pause=1))
     audits = count(engine, "learner_audit")
     print(f"\nanswers {statuses}, audit rows {audits} for 2 requests")
     assert statuses == [201, 500]
@@ -192,15 +186,9 @@ def test_a_deadlock_after_a_commit_through_a_session_of_its_own_is_not_run_again
     # is never run again, so its audit row is written once.
     app = learner_app(OWN_SESSION_TOO)
     with TestClient(app.app) as client:
-        holder = engine.connect()
-        holder.execute(text("INSERT INTO users (username, email) VALUES ('x', 'h@example.com')"))
         body = {"username": "x", "email": "a@example.com"}
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            waiting = [pool.submit(client.post, "/learner/signup", json=body) for _ in range(2)]
-            time.sleep(1)
-            holder.rollback()
-            holder.close()
-            statuses = sorted(future.result().status_code for future in waiting)
+        sends = [{"url": "/learner/signup", "json": body}] * 2
+        statuses = sorted(r.status_code for r in deadlocked(engine, client.post, sends, pause=1))
     audits = count(engine, "learner_audit")
     print(f"\nanswers {statuses}, audit rows {audits} for 2 requests")
     assert statuses == [201, 503]

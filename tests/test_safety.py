@@ -2,13 +2,12 @@
 main.py, meet the deadlock rerun, the error answers and the body limit, on both backends."""
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import text
 
 from conftest import url_of
-from tests.support import UvicornServer, copy_app
+from tests.support import UvicornServer, copy_app, deadlocked
 
 LEARNER_ROUTES = """
 
@@ -67,17 +66,11 @@ def test_a_deadlock_after_a_commit_is_not_run_again_and_answers_500(mysql_engine
     copy_app(tmp_path, LEARNER_ROUTES)
     server = UvicornServer(url_of(mysql_engine), cwd=tmp_path)
     with server.wait_started(), server.client() as http:
-        holder = mysql_engine.connect()
-        holder.execute(text("INSERT INTO users (username, email) VALUES ('shared', 'h@e.com')"))
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            waiting = [
-                pool.submit(http.post, "/learner/signup", json={"username": n, "email": "a@e.com"})
-                for n in ("tom", "zoe")
-            ]
-            time.sleep(0.5)  # both requests committed their user and wait for "shared"
-            holder.rollback()
-            holder.close()
-            responses = [future.result() for future in waiting]
+        sends = [
+            {"url": "/learner/signup", "json": {"username": name, "email": "a@e.com"}}
+            for name in ("tom", "zoe")
+        ]  # both commit their user, then wait for "shared"
+        responses = deadlocked(mysql_engine, http.post, sends, held="shared")
     statuses = sorted(response.status_code for response in responses)
     print(f"\ntwo commits, a deadlock at the second: {statuses}; rows {names(mysql_engine)}")
     assert statuses == [200, 500], [response.text for response in responses]
