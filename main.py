@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import MetaData, String, create_engine
 from sqlalchemy.orm import Mapped, Session, declarative_base, mapped_column
+from sqlalchemy.pool import QueuePool
 
 
 # --- Section 3: the database URL, the engine and the model ----------------------------------
@@ -26,6 +27,7 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
+    poolclass=QueuePool,  # the same pool for every URL (sqlite:// in memory: part 3 says no)
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     pool_timeout=settings.db_timeout / 2,  # all lent out: wait at most half of db_timeout
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
@@ -526,6 +528,11 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
     with preparing:
         if db_engine in prepared_engines:
             return
+        if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
+            raise RuntimeError(  # each connection would open a new, empty database of its own
+                "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
+                " such as sqlite:///./app.db"
+            )
         # Alembic manages a database with an alembic_version table: create_all leaves it alone.
         database = inspect(db_engine)
         if not database.has_table("alembic_version"):

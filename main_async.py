@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, MetaData, String, make_url
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, create_async_engine
 from sqlalchemy.orm import Mapped, declarative_base, mapped_column
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 
 # --- Section 3: the database URL, the engine and the model ----------------------------------
@@ -38,6 +39,7 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
 
 db_engine = create_async_engine(
     async_url(DB_URL),
+    poolclass=AsyncAdaptedQueuePool,  # one pool for every URL (sqlite:// in memory: part 3 says no)
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
     pool_timeout=settings.db_timeout / 2,  # all lent out: wait at most half of db_timeout
@@ -607,6 +609,11 @@ async def prepare_app() -> None:  # at startup, or at the first request when mou
     async with preparing:
         if db_engine in prepared_engines:
             return
+        if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
+            raise RuntimeError(  # each connection would open a new, empty database of its own
+                "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
+                " such as sqlite:///./app.db"
+            )
         for route in app.routes:  # a plain def runs in a thread, where nothing awaits the session
             for name in plain_defs_taking_the_session(getattr(route, "dependant", Dependant())):
                 raise RuntimeError(

@@ -1,6 +1,9 @@
 """Started against a database it cannot use, the app exits at once with one clear line."""
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -111,3 +114,21 @@ def test_main_py_copied_alone_into_an_empty_folder_starts_and_serves(tmp_path):
     assert docs.status_code == 200
     assert (tmp_path / "app.db").exists()  # the SQLite default, in the working directory
     assert "Database: sqlite:///./app.db" in "\n".join(server.lines)
+
+
+@pytest.mark.parametrize("module", ["main", "main_async"])
+def test_an_in_memory_sqlite_url_imports_then_stops_startup_saying_to_name_a_file(module):
+    # Each connection to sqlite:// opens a new, empty database: the tables the app makes on one
+    # would be missing on the others. It imports (a tool may import the app to read its routes)
+    # and refuses to start, with what to write instead.
+    code = f"import {module}, fastapi.testclient as t; t.TestClient({module}.app).__enter__()"
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": "sqlite://"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "in-memory SQLite database: give it a file instead" in run.stderr, run.stderr[-1500:]
