@@ -270,6 +270,9 @@ preparing_of_this_loop: RunVar[anyio.Lock] = RunVar("preparing")  # and one lock
 
 
 # --- Usernames (docs/usernames.md): the rules check_username() applies, for a new name or a change
+JOINERS = "\u200c\u200d"  # invisible, but emoji and some scripts need them: 👩\u200d💻 is one
+
+
 def username_rules(name: str) -> str:
     """The name in one Unicode spelling, as stored (NFKC: é typed as one character or as e and an
     accent, ﬁ or fi, are one name), if it is a name; else a ValueError, which is answered 422."""
@@ -285,9 +288,6 @@ def username_rules(name: str) -> str:
     if name != name.strip():
         raise ValueError("no space at the start or the end")
     return name
-
-
-JOINERS = "\u200c\u200d"  # invisible, but emoji and some scripts need them: 👩\u200d💻 is one
 
 
 # --- The engine: bounded waits, and each connection noted for the request that takes it -----
@@ -488,8 +488,7 @@ class RequestWork:
     async def send(self, message: Message) -> None:
         if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
-            if self.turns:  # no turn, nor a background task after it
-                await self.close()
+            await self.close()  # no turn, nor a background task after it
         await self.to_client(message)
 
 
@@ -508,8 +507,7 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
             except (exc.DBAPIError, exc.TimeoutError) as error:
                 answer = database_error(error, work)  # None: run it again, after a deadlock
             finally:
-                if work.turns:  # a session was opened, and not yet closed
-                    await work.close()
+                await work.close()  # if a session was opened and not yet closed
                 this_request.reset(token)
             if answer is not None:
                 return await answer(run, work.receive, send)
