@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 import main
 from tests.galera import MISSING as GALERA_SKIPPED
-from tests.support import TcpProxy, copy_app
+from tests.support import ROOT, TcpProxy, copy_app, twin_folder
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
@@ -187,8 +187,9 @@ def pytest_unconfigure(config) -> None:
 
 # === The async twin, main_async.py (issue 32) ================================================
 # test_main.py's tests run on both apps: its `client` (and `main`, where a test sets main's
-# engine) come from `app_module`, parametrized here for that file only. Other files get main.
-BOTH_APPS = {"test_main"}  # test files whose tests run on main.py and on main_async.py
+# engine) come from `app_module`, parametrized here for the files below only. Others get main.
+BOTH_APPS = {"test_main", "tests.test_hostile_input", "tests.test_migrations"}
+BOTH_APPS |= {"tests.test_paging_and_health", "tests.test_database_errors"}
 
 
 @cache
@@ -251,6 +252,13 @@ class TwinAsMain:
         # Put back before the client's shutdown (a finalizer added later runs first), which
         # disposes the engine in use then: its connections are closed on their own event loop.
         self.request.node.addfinalizer(lambda: setattr(self.twin, "db_engine", replaced))
+
+
+@pytest.fixture(params=["main", "main_async"])
+def app_folder(request, tmp_path: Path) -> Path:
+    """Where `UvicornServer(..., cwd=app_folder)` runs `uvicorn main:app`: main.py, or its twin
+    (copied in as main.py). A test on a real server that takes it runs on both apps."""
+    return ROOT if request.param == "main" else twin_folder(tmp_path / "twin")
 
 
 @pytest.fixture

@@ -230,6 +230,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import pathlib
 import time
 import unicodedata
@@ -590,10 +591,13 @@ async def prepare_database() -> None:  # at startup, which prepares again
                 raise no_answer()
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
+            why = error.orig  # aiomysql keeps the system's reason (refused, no route) apart
+            if isinstance(reason := why.__cause__, OSError) and reason.errno:
+                why = f"{why} ({os.strerror(reason.errno)})"
             if refused or (left := deadline - time.monotonic()) <= 0:
-                message = f"Cannot use the database {url}: {error.orig}. Check that the server"
+                message = f"Cannot use the database {url}: {why}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
-            logger.warning("Database not ready (%s): again in %.2f s", error.orig, pause)
+            logger.warning("Database not ready (%s): again in %.2f s", why, pause)
             await anyio.sleep(min(pause, left))
             pause *= 2
     async with db_engine.connect() as connection:  # create_all never changes a table that exists

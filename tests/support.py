@@ -29,6 +29,15 @@ def copy_app(folder: Path, learner_code: str = "") -> Path:
     return folder
 
 
+def twin_folder(folder: Path, learner_code: str = "", name: str = "main.py") -> Path:
+    """main_async.py, with a learner's code appended, copied into folder as `name` (main.py:
+    `uvicorn main:app` starts the twin), with the Alembic revisions beside it."""
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text((ROOT / "main_async.py").read_text() + learner_code)
+    shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
+    return folder
+
+
 IGNORED = shutil.ignore_patterns("__pycache__")
 
 

@@ -1,5 +1,6 @@
 """main_async.py, the async twin (issue 32): what async adds to main.py's guarantees, each on
-SQLite and MySQL where it applies. test_main.py's behaviour runs on both apps (conftest.py).
+SQLite and MySQL where it applies. test_main.py's behaviour, and the cases of tests/ that apply to
+both apps, run on both (conftest.py's `app_module` and `app_folder`; docs/async.md lists them).
 
 In-process cases run the twin's ASGI app on an event loop of their own (httpx2's ASGITransport:
 no lifespan, so the app also prepares its tables at first use, as when mounted); the others run
@@ -13,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,27 +28,16 @@ from starlette.websockets import WebSocketDisconnect
 
 from conftest import twin_engine, url_of
 from tests.support import (
-    IGNORED,
     ROOT,
     UvicornServer,
     deadlocked,
     free_port,
-    other_connection_ids,
-    together,
+    twin_folder,
 )
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
 MARGIN = 0.5  # for the machine
-
-
-def twin_folder(folder: Path, learner_code: str = "", name: str = "main.py") -> Path:
-    """main_async.py, with a learner's code appended, copied into folder as `name`, with the
-    Alembic revisions beside it."""
-    folder.mkdir(exist_ok=True)
-    (folder / name).write_text((ROOT / "main_async.py").read_text() + learner_code)
-    shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
-    return folder
 
 
 @pytest.fixture
@@ -608,34 +597,6 @@ def test_the_session_is_closed_before_the_answer_is_sent(twin_app):
     assert checked_out == 0
 
 
-# --- Startup, as main.py's: waits for a database still starting, stops at once when refused ---
-def test_started_before_its_database_it_waits_for_it_and_serves(mysql_engine, make_proxy, tmp_path):
-    proxy = make_proxy()
-    proxy.cut()
-    server = UvicornServer(url_of(mysql_engine, proxy), cwd=twin_folder(tmp_path))
-    time.sleep(4)
-    proxy.restore()
-    with server.wait_started(timeout=30), server.client() as http:
-        response = http.post("/users/", json=ADA)
-    tries = [line for line in server.lines if "not ready" in line]
-    print(f"\n{len(tries)} tries while the database was down; then {response.status_code}")
-    assert response.status_code == 201, "\n".join(server.lines)
-    assert tries and "Can't connect" in tries[0]
-
-
-def test_a_refused_login_stops_it_at_once_with_one_clear_line(mysql_engine, tmp_path):
-    url = mysql_engine.url.set(host="127.0.0.1", password="wrong-s3cret")
-    server = UvicornServer(url.render_as_string(hide_password=False), cwd=twin_folder(tmp_path))
-    started = time.monotonic()
-    code = server.process.wait(timeout=20)
-    seconds = time.monotonic() - started
-    server.stop()
-    [line] = [line for line in server.lines if "Cannot use the database" in line]
-    print(f"\nrefused login: exit code {code} after {seconds:.1f} s: {line}")
-    assert code != 0 and seconds < 5
-    assert "Access denied" in line and "***" in line and "wrong-s3cret" not in line
-
-
 AFTER_THE_ANSWER = """
 
 # --- Added by a learner: a stream and a background task, each with a session of its own -------
@@ -691,69 +652,3 @@ def test_a_stream_and_a_background_task_with_sessions_of_their_own(twin_app, eng
     assert {len(export.text.splitlines()) for export in exports} == {251}
     assert visit.status_code == 202 and checked_out == 0
     assert rows()[0] == (user_id, "ada", "visited@example.com")
-
-
-# --- Races, through a real server: the unique index decides ------------------------------------
-def test_concurrent_creates_give_one_201_per_username_and_one_row(engine, tmp_path):
-    server = UvicornServer(url_of(engine), cwd=twin_folder(tmp_path))
-    limits = httpx2.Limits(max_connections=250, max_keepalive_connections=250)
-    with server.wait_started(), server.client(limits=limits) as http:
-        one_name = together(30, lambda _: http.post("/users/", json=ADA))
-        distinct = together(
-            100, lambda n: http.post("/users/", json={**ADA, "username": f"user{n}"})
-        )
-    with engine.connect() as connection:
-        names = connection.execute(text("SELECT username FROM users")).scalars().all()
-    print(f"\n{engine.dialect.name}: one name {Counter(one_name)}, distinct {Counter(distinct)}")
-    assert Counter(one_name) == {201: 1, 409: 29}
-    assert Counter(distinct) == {201: 100}
-    assert sorted(names) == sorted(["ada", *(f"user{n}" for n in range(100))])
-
-
-# --- Outages, and the tables it creates: as main.py ----------------------------------------------
-def test_a_network_cut_gives_503_then_it_recovers_alone(mysql_engine, make_proxy, tmp_path):
-    proxy = make_proxy()
-    server = UvicornServer(url_of(mysql_engine, proxy), cwd=twin_folder(tmp_path))
-    with server.wait_started(), server.client() as http:
-        assert http.post("/users/", json=ADA).status_code == 201
-        proxy.cut()
-        during = [http.get("/users/1"), http.post("/users/", json={**ADA, "username": "b"})]
-        proxy.restore()
-        restored_at = time.monotonic()
-        while (after := http.get("/users/1")).status_code != 200:
-            assert time.monotonic() - restored_at < 5, "no recovery within 5 s"
-            time.sleep(0.05)
-    assert [(r.status_code, r.json()) for r in during] == [
-        (503, {"detail": "Database unavailable"})
-    ] * 2
-    assert all(r.headers["Retry-After"] == "5" for r in during)
-    assert after.json()["username"] == "ada"
-
-
-def test_connections_killed_by_the_server_are_replaced_on_the_next_request(mysql_engine, tmp_path):
-    server = UvicornServer(url_of(mysql_engine), cwd=twin_folder(tmp_path))
-    with server.wait_started(), server.client() as http:
-        with ThreadPoolExecutor(max_workers=8) as pool:  # several pooled connections, idle now
-            list(pool.map(lambda n: http.get("/users/"), range(24)))
-        with mysql_engine.connect() as admin:
-            ids = other_connection_ids(admin)
-            for connection_id in ids:
-                admin.execute(text(f"KILL {int(connection_id)}"))
-        read, created = http.get("/users/"), http.post("/users/", json=ADA)
-    assert ids, "the app held no connection to kill"
-    assert (read.status_code, created.status_code) == (200, 201)
-
-
-def test_the_tables_it_creates_are_stamped_at_head_and_alembic_finds_nothing_to_do(
-    twin_app, engine
-):
-    from tests.test_migrations import HEAD, alembic, version
-
-    app = twin_app()
-    with TestClient(app.app) as client:
-        client.post("/users/", json=ADA)
-    assert version(engine) == HEAD
-    alembic(engine, "upgrade", "head")
-    alembic(engine, "check")  # the twin's models are main.py's
-    with engine.connect() as connection:
-        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]

@@ -2,7 +2,8 @@
 per node (issues 15 and 18).
 
 The cluster (tests/galera.py) starts once for this file, on its own ports and folders. Each
-test empties its database, then talks to `uvicorn main:app` on node 1 and on node 2."""
+test empties its database, then talks to `uvicorn main:app` on node 1 and on node 2: main.py,
+then its async twin, main_async.py (issue 32), in the tests that take `apps` or `app_folder`."""
 
 import os
 import re
@@ -68,9 +69,9 @@ class Apps(list):
 
 
 @pytest.fixture
-def apps(cluster, engines):
-    """`uvicorn main:app` on each node (the first creates the table)."""
-    servers = [UvicornServer(cluster.url(node)).wait_started() for node in cluster.nodes]
+def apps(cluster, engines, app_folder):
+    """`uvicorn main:app` on each node (the first creates the table), or the twin's."""
+    servers = [UvicornServer(cluster.url(n), cwd=app_folder).wait_started() for n in cluster.nodes]
     clients = Apps(servers)
     yield clients
     for client in clients:
@@ -222,10 +223,14 @@ def test_a_node_stops_and_rejoins_under_load_and_no_201_is_lost(cluster, apps, e
     )
 
 
-def test_two_apps_with_two_workers_each_start_together_on_an_empty_database(cluster, engines):
+def test_two_apps_with_two_workers_each_start_together_on_an_empty_database(
+    cluster, engines, app_folder
+):
     for _ in range(ROUNDS):
         emptied(engines[0])
-        servers = [UvicornServer(cluster.url(node), workers=2) for node in cluster.nodes]
+        servers = [
+            UvicornServer(cluster.url(node), workers=2, cwd=app_folder) for node in cluster.nodes
+        ]
         try:
             for server in servers:
                 server.wait_started(timeout=60)

@@ -1,7 +1,8 @@
 """Alembic migrations, tested on SQLite and on the real MySQL server (issue 14): each downgrade
 leaves the schema its previous revision had, the ways create_all (section 5.1) and Alembic meet,
 which must never fight, and migrations that keep every row (pytest-alembic's standard tests are
-in tests/test_alembic.py)."""
+in tests/test_alembic.py). Where a test starts the app, it runs on main.py and on its async twin
+(conftest.py's `app_module`): both create, stamp and check the same tables."""
 
 import os
 import subprocess
@@ -82,8 +83,8 @@ def test_every_downgrade_restores_the_schema_its_previous_revision_had(engine):
         alembic(engine, "upgrade", revision.revision)
 
 
-def test_a_database_the_app_creates_is_at_head_and_upgrade_head_does_nothing(engine):
-    with TestClient(main.app) as client:  # create_all, then stamped
+def test_a_database_the_app_creates_is_at_head_and_upgrade_head_does_nothing(engine, app_module):
+    with TestClient(app_module.app) as client:  # create_all, then stamped
         client.post("/users/", json={"username": "ada", "email": "a@example.com"})
     assert version(engine) == HEAD
     alembic(engine, "upgrade", "head")
@@ -92,7 +93,7 @@ def test_a_database_the_app_creates_is_at_head_and_upgrade_head_does_nothing(eng
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]
 
 
-def test_a_database_made_by_an_older_create_all_upgrades_keeping_every_row(engine):
+def test_a_database_made_by_an_older_create_all_upgrades_keeping_every_row(engine, app_module):
     OLD_USERS.metadata.create_all(engine)  # before the project knew Alembic: no version table
     with engine.begin() as connection:
         for name in ("ada", "grace", "linus"):
@@ -103,16 +104,16 @@ def test_a_database_made_by_an_older_create_all_upgrades_keeping_every_row(engin
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT id, username FROM users ORDER BY id")).all()
     assert rows == [(1, "ada"), (2, "grace"), (3, "linus")]
-    with TestClient(main.app) as client:  # and the app agrees with the result
+    with TestClient(app_module.app) as client:  # and the app agrees with the result
         assert client.post("/users/", json={"username": "ada", "email": "a@e.com"}).json() == {
             "detail": "Username already taken"
         }
 
 
-def test_the_app_stamps_the_tables_it_creates_beside_a_learners_own_table(engine):
+def test_the_app_stamps_the_tables_it_creates_beside_a_learners_own_table(engine, app_module):
     with engine.begin() as connection:  # a table of the learner's, before the app's first start
         connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body VARCHAR(200))"))
-    with TestClient(main.app) as client:
+    with TestClient(app_module.app) as client:
         assert client.post("/users/", json={"username": "ada", "email": "a@e.com"}).is_success
     assert version(engine) == HEAD  # what `alembic current` prints
     alembic(engine, "upgrade", "head")  # nothing to do: no CREATE TABLE users again
@@ -120,13 +121,13 @@ def test_the_app_stamps_the_tables_it_creates_beside_a_learners_own_table(engine
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]
 
 
-def test_the_app_leaves_a_database_that_alembic_manages_to_alembic(engine):
+def test_the_app_leaves_a_database_that_alembic_manages_to_alembic(engine, app_module):
     alembic(engine, "stamp", "base")  # managed by Alembic, no revision applied yet
-    with pytest.raises(RuntimeError, match="alembic upgrade head"), TestClient(main.app):
+    with pytest.raises(RuntimeError, match="alembic upgrade head"), TestClient(app_module.app):
         pass
     assert not inspect(engine).has_table("users"), "create_all ran on a managed database"
     alembic(engine, "upgrade", "head")
-    with TestClient(main.app) as client:
+    with TestClient(app_module.app) as client:
         assert (
             client.post("/users/", json={"username": "ada", "email": "a@e.com"}).status_code == 201
         )

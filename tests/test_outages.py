@@ -1,4 +1,5 @@
-"""The database goes away and comes back: the app answers 503 meanwhile and recovers alone."""
+"""The database goes away and comes back: the app (main.py, or its twin) answers 503 meanwhile
+and recovers alone."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +31,10 @@ def assert_clean_503(response) -> None:
         assert secret not in response.text
 
 
-def test_network_cut_gives_503_then_recovers_without_restart(mysql_engine, make_proxy):
+def test_network_cut_gives_503_then_recovers_without_restart(mysql_engine, make_proxy, app_folder):
     proxy = make_proxy()
     with (
-        UvicornServer(url_of(mysql_engine, proxy)).wait_started() as server,
+        UvicornServer(url_of(mysql_engine, proxy), cwd=app_folder).wait_started() as server,
         server.client() as http,
     ):
         assert {r.status_code for r in mixed_requests(http, 30)} <= {200, 201, 404}
@@ -53,8 +54,11 @@ def test_network_cut_gives_503_then_recovers_without_restart(mysql_engine, make_
     print(f"\ncut: {len(during_cut)} requests, all 503; recovered {recovery:.2f} s after restore")
 
 
-def test_connections_killed_by_the_server_are_replaced_on_the_next_request(mysql_engine):
-    with UvicornServer(url_of(mysql_engine)).wait_started() as server, server.client() as http:
+def test_connections_killed_by_the_server_are_replaced_on_the_next_request(
+    mysql_engine, app_folder
+):
+    server = UvicornServer(url_of(mysql_engine), cwd=app_folder)
+    with server.wait_started(), server.client() as http:
         mixed_requests(http, 30)  # several pooled connections now sit idle in the app
         with mysql_engine.connect() as admin:
             ids = other_connection_ids(admin)

@@ -14,13 +14,13 @@ LATENCY = 0.002  # seconds added to every packet each way: widens every window a
 
 
 @pytest.fixture(params=["sqlite", "mysql", "mysql+latency"])
-def live(request, tmp_path):
-    """A real server on an empty database, and an engine to look at that database."""
+def live(request, tmp_path, app_folder):
+    """A real server (main.py, or its twin) on an empty database, and an engine to look at it."""
     engine = make_engine(request.param.split("+")[0], tmp_path)
     proxy = None
     if request.param.endswith("latency"):
         proxy = TcpProxy(engine.url.host, engine.url.port or 3306, latency=LATENCY)
-    with UvicornServer(url_of(engine, proxy)).wait_started() as server:
+    with UvicornServer(url_of(engine, proxy), cwd=app_folder).wait_started() as server:
         limits = httpx2.Limits(max_connections=250, max_keepalive_connections=250)
         with server.client(limits=limits) as http:
             yield http, engine

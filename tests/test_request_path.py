@@ -1,4 +1,5 @@
-"""How a request reaches the database: never on the event loop, never stuck waiting for the pool."""
+"""How a request reaches the database: never on the event loop, never stuck waiting for the pool.
+The two cases on a server run on main.py and on its async twin (issue 32)."""
 
 import asyncio
 import time
@@ -41,13 +42,13 @@ def test_no_sql_and_no_connection_handling_runs_on_the_event_loop(engine, client
 
 
 def test_def_routes_and_docs_answer_while_every_database_connection_is_busy(
-    mysql_engine, make_proxy
+    mysql_engine, make_proxy, app_folder
 ):
     # GET / is a plain def route, and the /docs page's files are read in threads too: they
     # need FastAPI's thread pool, which get_session never fills (only DB_POOL_SIZE requests
     # use the database at once), and nothing in main.py shrinks.
     proxy = make_proxy()
-    server = UvicornServer(url_of(mysql_engine, proxy))
+    server = UvicornServer(url_of(mysql_engine, proxy), cwd=app_folder)
     with server.wait_started(), server.client() as http:
         user_id = http.post("/users/", json={"username": "ada", "email": "a@example.com"})
         user_id = user_id.json()["id"]
@@ -66,11 +67,11 @@ def test_def_routes_and_docs_answer_while_every_database_connection_is_busy(
     assert statuses == [200] * 8
 
 
-def test_far_more_concurrent_requests_than_connections_all_succeed(mysql_engine):
+def test_far_more_concurrent_requests_than_connections_all_succeed(mysql_engine, app_folder):
     # 64 at once, 2 connections, FastAPI's 40 threads: a request that kept its connection while
     # it waited for a thread again (to check the response, to close the session) would wait on
     # threads that all wait for a connection, until the pool's 30 s timeout.
-    server = UvicornServer(url_of(mysql_engine), extra_env={"DB_POOL_SIZE": "2"})
+    server = UvicornServer(url_of(mysql_engine), extra_env={"DB_POOL_SIZE": "2"}, cwd=app_folder)
     limits = httpx2.Limits(max_connections=100, max_keepalive_connections=100)
     with server.wait_started(), server.client(limits=limits) as http:
         user_id = http.post("/users/", json={"username": "seed", "email": "a@example.com"})

@@ -1,4 +1,5 @@
-"""Started against a database it cannot use, the app exits at once with one clear line."""
+"""Started against a database it cannot use, the app exits at once with one clear line. The cases
+on a MySQL server run on main.py and on its twin (conftest.py's `app_folder`)."""
 
 import os
 import shutil
@@ -43,10 +44,10 @@ def clear_line(lines: list[str], password: str) -> str:
     ],
 )
 def test_a_refused_login_or_an_unknown_database_stops_the_app_at_once(
-    mysql_engine, problem, expected
+    mysql_engine, problem, expected, app_folder
 ):
     url = BREAK[problem](mysql_engine.url.set(host="127.0.0.1"))
-    server = UvicornServer(url.render_as_string(hide_password=False))
+    server = UvicornServer(url.render_as_string(hide_password=False), cwd=app_folder)
     code, seconds, lines = exit_of(server, timeout=20)
     line = clear_line(lines, mysql_engine.url.password)
     print(f"\n{problem}: exit code {code} after {seconds:.1f} s: {line}")
@@ -55,9 +56,9 @@ def test_a_refused_login_or_an_unknown_database_stops_the_app_at_once(
     assert seconds < 5, "waited for a database that can never let it in"
 
 
-def test_a_database_that_never_comes_up_stops_the_app_within_25_seconds(mysql_engine):
+def test_a_database_that_never_comes_up_stops_the_app_within_25_seconds(mysql_engine, app_folder):
     url = mysql_engine.url.set(host="127.0.0.1", port=free_port())  # nothing listens there
-    server = UvicornServer(url.render_as_string(hide_password=False))
+    server = UvicornServer(url.render_as_string(hide_password=False), cwd=app_folder)
     code, seconds, lines = exit_of(server, timeout=40)
     line = clear_line(lines, mysql_engine.url.password)
     tries = [line for line in lines if "not ready" in line]
@@ -68,11 +69,13 @@ def test_a_database_that_never_comes_up_stops_the_app_within_25_seconds(mysql_en
     assert len(tries) >= 4
 
 
-def test_an_app_started_before_its_database_waits_for_it_and_serves(mysql_engine, make_proxy):
+def test_an_app_started_before_its_database_waits_for_it_and_serves(
+    mysql_engine, make_proxy, app_folder
+):
     # As a compose file or a reboot starts them: the app first, the database 4 s later.
     proxy = make_proxy()
     proxy.cut()
-    server = UvicornServer(url_of(mysql_engine, proxy))
+    server = UvicornServer(url_of(mysql_engine, proxy), cwd=app_folder)
     time.sleep(4)
     proxy.restore()
     with server.wait_started(timeout=30), server.client() as http:

@@ -1,4 +1,5 @@
-"""Several uvicorn workers starting together on an empty MySQL database all come up."""
+"""Several uvicorn workers starting together on an empty MySQL database all come up: main.py's,
+and its twin's."""
 
 from conftest import emptied, url_of
 from tests.support import UvicornServer
@@ -8,14 +9,15 @@ ROUNDS = 3
 
 
 def test_all_workers_start_on_an_empty_database_when_their_first_queries_collide(
-    mysql_engine, make_proxy
+    mysql_engine, make_proxy, app_folder
 ):
     for round_number in range(1, ROUNDS + 1):
         emptied(mysql_engine)  # a fresh, empty database each round
         # The proxy holds the workers' first connections and lets them through together, so
         # that every worker's CREATE TABLE reaches the server at the same moment.
         proxy = make_proxy(hold=WORKERS)
-        with UvicornServer(url_of(mysql_engine, proxy), workers=WORKERS) as server:
+        server = UvicornServer(url_of(mysql_engine, proxy), workers=WORKERS, cwd=app_folder)
+        with server:
             server.wait_started(timeout=60)
             started = server.count("Application startup complete.")
             assert server.count("Application startup failed.") == 0, "\n".join(server.lines)
