@@ -16,28 +16,32 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     # extra="ignore": .env may hold other lines (TEST_DATABASE_URL for the tests): not an error
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
-    # The "pool": connections the engine keeps open and lends to one request at a time. ge:
-    # greater or equal, so a 0 stops the app. A request may wait twice (for a free connection,
-    # then for a new one when the free one is dead), each half of db_timeout: at least 2 s.
-    db_pool_size: int = Field(default=4, ge=1)
-    db_timeout: float = Field(default=10, ge=4)  # seconds a request may wait for the database
+    # The "pool": connections the engine keeps open and lends to one request at a time.
+    # Field(ge=...) means "greater than or equal": a smaller value stops the app, naming it.
+    db_pool_size: int = Field(default=4, ge=1)  # connections, so requests served at once
+    # Seconds a request may wait for the database, then it is answered 503. It may wait twice
+    # (for a free connection, then for a new one if the server closed that one), half each. The
+    # server is told to stop a statement 1 s before a half ends (part 3), so a half is 2 s or more.
+    db_timeout: float = Field(default=10, ge=4)
 
 
 settings = Settings()  # a bad value stops the app here, with a message that names the setting
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
-    poolclass=QueuePool,  # the same pool for every URL (sqlite:// in memory: part 3 says no)
+    # QueuePool: the kind of pool these options are for. For the URL "sqlite://" (a database in
+    # memory) SQLAlchemy would pick another kind, and this line would crash; part 3 explains.
+    poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     pool_timeout=settings.db_timeout / 2,  # all lent out: wait at most half of db_timeout
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
 )
 
-# Alembic, the tool that changes tables which hold rows (README, section 7), finds a key or an
-# index by its name. These patterns name each one alike on SQLite and MySQL; "%(table_name)s"
-# is Python's %-formatting, filled in with the table's name. Here: pk_users (the primary key)
-# and uq_users_username (the UNIQUE column); ix_ and fk_ wait for the tables you add (a second
-# table with an index and a foreign key: exercise 3).
+# Alembic, the tool that changes tables which hold rows (README, section 7), can change or drop
+# a key or an index only by its name, and MySQL and SQLite would each invent another (or none).
+# These patterns give each one the same name on both; "%(table_name)s" is Python's %-formatting,
+# filled in with the table's name. Here: pk_users (the primary key) and uq_users_username (the
+# UNIQUE column); ix_ (an index) and fk_ (a foreign key) wait for exercise 3's second table.
 names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
 names["ix"] = "ix_%(column_0_label)s"  # label: the table's name, then the column's
 names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
@@ -50,7 +54,8 @@ class UserTable(BaseModelClass):
     # "Ada" and "ada" are two usernames, as on SQLite. MySQL's default thinks them the same.
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-    # SQLAlchemy 2's typed Column(...). A key or a UNIQUE column has its index: no index=True.
+    # SQLAlchemy 2 (requirements.txt; the tutorial's was 1.4): Mapped[int] says the type that
+    # Column(Integer, ...) said. A key or a UNIQUE column has its own index: no index=True.
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(50), unique=True)
     email: Mapped[str] = mapped_column(String(120))
@@ -85,11 +90,12 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial opens a Session here and closes it in `finally`. Part 3 does both, once per
-# request: a route and its dependencies share one session, and part 3 closes it (the tutorial's
-# session.close()) once the answer is built. `async def` and `await`: while this request waits
-# for a free connection, the app goes on serving others; a plain def would keep one of the few
-# threads that run the routes waiting. The routes stay plain `def`, as in the tutorial.
+# The tutorial's get_session opens a Session, yields it, and closes it in `finally`. Here part 3
+# opens and closes it, because both must happen once per request: a route and the dependencies
+# it takes share one session, and it is closed (the tutorial's session.close(), on every path,
+# errors too) as soon as the answer is built, before it is sent. No close() here, then: not a
+# leak. `async def` and `await`: FastAPI runs plain `def` routes in a few threads; waiting here
+# for a free connection holds none of them. The routes stay plain `def`, as in the tutorial.
 async def get_session():
     session = await session_of_this_request()
     yield session
