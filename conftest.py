@@ -189,7 +189,7 @@ def pytest_unconfigure(config) -> None:
 # test_main.py's tests run on both apps: its `client` (and `main`, where a test sets main's
 # engine) come from `app_module`, parametrized here for the files below only. Others get main.
 BOTH_APPS = {"test_main", "tests.test_hostile_input", "tests.test_migrations"}
-BOTH_APPS |= {"tests.test_paging_and_health", "tests.test_database_errors"}
+BOTH_APPS |= {"tests.test_paging_and_health", "tests.test_database_errors", "tests.test_docs_page"}
 
 
 @cache

@@ -1,4 +1,5 @@
-"""After thousands of mixed requests, outages included, every connection is back in the pool."""
+"""After thousands of mixed requests, outages included, every connection is back in the pool: in
+main.py, and in its async twin."""
 
 import importlib
 import os
@@ -9,28 +10,28 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-import main
 from conftest import url_of
 from tests.support import other_connection_ids
 
 
-@pytest.fixture
-def app_via_proxy(mysql_engine, make_proxy):
-    """main.py imported afresh with DATABASE_URL pointing at a proxy: its own engine and pool."""
+@pytest.fixture(params=["main", "main_async"])
+def app_via_proxy(request, mysql_engine, make_proxy):
+    """main.py (or its twin) imported afresh with DATABASE_URL pointing at a proxy: its own
+    engine and pool. The client's shutdown disposes that engine."""
+    app = importlib.import_module(request.param)
     proxy = make_proxy()
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url_of(mysql_engine, proxy)
-    importlib.reload(main)
+    importlib.reload(app)
     try:
-        with TestClient(main.app) as client:
-            yield client, proxy
+        with TestClient(app.app) as client:
+            yield client, proxy, app
     finally:
-        main.db_engine.dispose()
         if saved is None:
             del os.environ["DATABASE_URL"]
         else:
             os.environ["DATABASE_URL"] = saved
-        importlib.reload(main)
+        importlib.reload(app)
 
 
 def one_request(client, number: int):
@@ -56,7 +57,7 @@ def burst(client, numbers) -> Counter:
 def test_2000_mixed_requests_leave_no_connection_checked_out_or_in_a_transaction(
     app_via_proxy, mysql_engine
 ):
-    client, proxy = app_via_proxy
+    client, proxy, app = app_via_proxy
     seen = burst(client, range(900))
     proxy.cut()
     during_cut = burst(client, range(900, 1100))
@@ -66,7 +67,7 @@ def test_2000_mixed_requests_leave_no_connection_checked_out_or_in_a_transaction
     assert during_cut == {503: 160, 422: 40}  # only the 422s need no database
     assert set(seen) == {200, 201, 404, 409, 422, 503}
     assert sum(seen.values()) == 2000
-    pool = main.db_engine.pool
+    pool = app.db_engine.pool
     assert pool.checkedout() == 0
 
     mysql_engine.dispose()  # the test's own engine keeps nothing open either

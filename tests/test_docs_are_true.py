@@ -260,3 +260,33 @@ def test_the_numbers_of_the_latest_benchmark_come_from_its_results_file():
     numbers = re.findall(r"\d[\d,]*\.\d+x?|\d{1,3},\d{3}|(?<=\| )\d{3}(?= \|)", table + ratios)
     missing = [number for number in numbers if number not in results]
     assert len(numbers) > 60 and missing == [], f"not in {cited}: {missing}"
+
+
+def runs_on_both_apps(test_file: Path) -> bool:
+    """Its cases take conftest.py's app_module (its module is in BOTH_APPS) or app_folder, or
+    a fixture of its own is parametrized with both apps."""
+    from conftest import BOTH_APPS
+
+    tree = ast.parse(test_file.read_text())
+    parameters = {
+        arg.arg for node in ast.walk(tree) if isinstance(node, ast.arguments) for arg in node.args
+    }
+    both = ["main", "main_async"]
+    lists = [
+        ast.literal_eval(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.List) and all(isinstance(e, ast.Constant) for e in node.elts)
+    ]
+    return f"tests.{test_file.stem}" in BOTH_APPS or "app_folder" in parameters or both in lists
+
+
+def test_async_md_lists_exactly_the_test_files_that_run_on_both_apps():
+    text = (ROOT / "docs/async.md").read_text()
+    section = text[text.index("These also run on both apps") : text.index("What runs on `main")]
+    listed = set(re.findall(r"tests/test_\w+\.py", section))
+    running = {
+        f"tests/{path.name}"
+        for path in (ROOT / "tests").glob("test_*.py")
+        if runs_on_both_apps(path) and path.name not in ("test_async_twin.py", Path(__file__).name)
+    }
+    assert listed == running

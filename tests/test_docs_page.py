@@ -1,4 +1,5 @@
-"""/docs and /redoc work with no network beyond the app, and guide a first request."""
+"""/docs and /redoc work with no network beyond the app, and guide a first request: main.py's and
+its async twin's (conftest.py's `app_module` and `app_folder`)."""
 
 import os
 import re
@@ -64,7 +65,7 @@ SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "test-artifacts"))
     not CHROMIUM and not os.environ.get("CI"),
     reason="Chromium is not installed (apt-get install chromium)",
 )
-def test_try_it_out_in_a_real_browser_creates_a_user_then_answers_409(engine, rows):
+def test_try_it_out_in_a_real_browser_creates_a_user_then_answers_409(engine, rows, app_folder):
     need("playwright")
     from playwright.sync_api import expect, sync_playwright
 
@@ -77,7 +78,8 @@ def test_try_it_out_in_a_real_browser_creates_a_user_then_answers_409(engine, ro
             outside_requests.append(route.request.url)
             route.abort()
 
-    with UvicornServer(url_of(engine)).wait_started() as server, sync_playwright() as playwright:
+    server = UvicornServer(url_of(engine), cwd=app_folder)
+    with server.wait_started(), sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
@@ -96,7 +98,9 @@ def test_try_it_out_in_a_real_browser_creates_a_user_then_answers_409(engine, ro
             statuses.append(status.inner_text().strip())
             if len(statuses) == 1:
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=SCREENSHOTS / f"docs-try-it-out-{engine.dialect.name}.png")
+                app = "main" if app_folder == ROOT else "main_async"
+                shot = f"docs-try-it-out-{engine.dialect.name}-{app}.png"
+                page.screenshot(path=SCREENSHOTS / shot)
             operation.get_by_role("button", name="Clear").click()
         browser.close()
     assert statuses == ["201", "409"]

@@ -477,8 +477,8 @@ async def read_user_async(user_id: int, session: SessionDep) -> UserOutput:
 
 
 def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine, tmp_path):
-    app_folder = copy_app(tmp_path, ASYNC_ROUTE + SOCKETS + AFTER_THE_ANSWER)
-    with UvicornServer(url_of(engine), cwd=app_folder).wait_started() as server:
+    folder = copy_app(tmp_path, ASYNC_ROUTE + SOCKETS + AFTER_THE_ANSWER)
+    with UvicornServer(url_of(engine), cwd=folder).wait_started() as server:
         pass
     warnings = [line for line in server.lines if "async def" in line]
     print(f"\n{engine.dialect.name}: {warnings}")
