@@ -134,8 +134,8 @@ def create_user(
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()  # a taken username: the unique index says no, and part 3 answers 409
-    # The tutorial's answer, {"id": ..., "username": ..., "email": ...}, read from the new row.
-    # No refresh() first: this session keeps what it wrote, and the id is filled in by commit().
+    # The tutorial's answer, {"id": ..., "username": ..., "email": ...}, read from the new row. No
+    # refresh() first: commit() filled in the id; expire_on_commit=False (part 3) keeps the rest.
     return UserOutput.model_validate(new_user)
 
 
