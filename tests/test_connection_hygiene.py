@@ -18,20 +18,20 @@ from tests.support import other_connection_ids
 def app_via_proxy(request, mysql_engine, make_proxy):
     """main.py (or its twin) imported afresh with DATABASE_URL pointing at a proxy: its own
     engine and pool. The client's shutdown disposes that engine."""
-    app = importlib.import_module(request.param)
+    module = importlib.import_module(request.param)
     proxy = make_proxy()
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url_of(mysql_engine, proxy)
-    importlib.reload(app)
+    importlib.reload(module)
     try:
-        with TestClient(app.app) as client:
-            yield client, proxy, app
+        with TestClient(module.app) as client:
+            yield client, proxy, module
     finally:
         if saved is None:
             del os.environ["DATABASE_URL"]
         else:
             os.environ["DATABASE_URL"] = saved
-        importlib.reload(app)
+        importlib.reload(module)
 
 
 def one_request(client, number: int):
@@ -57,7 +57,7 @@ def burst(client, numbers) -> Counter:
 def test_2000_mixed_requests_leave_no_connection_checked_out_or_in_a_transaction(
     app_via_proxy, mysql_engine
 ):
-    client, proxy, app = app_via_proxy
+    client, proxy, module = app_via_proxy
     seen = burst(client, range(900))
     proxy.cut()
     during_cut = burst(client, range(900, 1100))
@@ -67,7 +67,7 @@ def test_2000_mixed_requests_leave_no_connection_checked_out_or_in_a_transaction
     assert during_cut == {503: 160, 422: 40}  # only the 422s need no database
     assert set(seen) == {200, 201, 404, 409, 422, 503}
     assert sum(seen.values()) == 2000
-    pool = app.db_engine.pool
+    pool = module.db_engine.pool
     assert pool.checkedout() == 0
 
     mysql_engine.dispose()  # the test's own engine keeps nothing open either
