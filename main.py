@@ -16,12 +16,10 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     # extra="ignore": .env may hold other lines (TEST_DATABASE_URL for the tests): not an error
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
-    # The "pool": connections the engine keeps open and lends to one request at a time.
-    # Field(ge=...) means "greater than or equal": a smaller value stops the app, naming it.
-    db_pool_size: int = Field(default=4, ge=1)  # connections, so requests served at once
-    # Seconds a request may wait for the database, then it is answered 503. It may wait twice
-    # (for a free connection, then for a new one if the server closed that one), half each. The
-    # server is told to stop a statement 1 s before a half ends (part 3), so a half is 2 s or more.
+    # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
+    db_pool_size: int = Field(default=4, ge=1)
+    # Seconds a request may wait for the database before a 503: two waits (a free connection,
+    # then a new one if that one died), half each, and at least 2 s each (part 3 needs 1 s of it).
     db_timeout: float = Field(default=10, ge=4)
 
 
@@ -54,8 +52,7 @@ class UserTable(BaseModelClass):
     # "Ada" and "ada" are two usernames, as on SQLite. MySQL's default thinks them the same.
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-    # SQLAlchemy 2 (requirements.txt; the tutorial's was 1.4): Mapped[int] says the type that
-    # Column(Integer, ...) said. A key or a UNIQUE column has its own index: no index=True.
+    # SQLAlchemy 2's Mapped[int] for the tutorial's 1.4 Column(Integer); keys, UNIQUE: indexed.
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(50), unique=True)
     email: Mapped[str] = mapped_column(String(120))
@@ -90,12 +87,11 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session opens a Session, yields it, and closes it in `finally`. Here part 3
-# opens and closes it, because both must happen once per request: a route and the dependencies
-# it takes share one session, and it is closed (the tutorial's session.close(), on every path,
-# errors too) as soon as the answer is built, before it is sent. No close() here, then: not a
-# leak. `async def` and `await`: FastAPI runs plain `def` routes in a few threads; waiting here
-# for a free connection holds none of them. The routes stay plain `def`, as in the tutorial.
+# The tutorial's get_session opens a Session and closes it in `finally`. Part 3 does both, once
+# per request: a route and the dependencies it takes share one session, closed (the tutorial's
+# session.close(), errors too) as soon as the answer is built, before it is sent: no close()
+# here, and no leak. `async def`: FastAPI runs plain `def` routes in a few threads, and waiting
+# here for a free connection holds none of them. The routes stay plain `def`, as in the tutorial.
 async def get_session():
     session = await session_of_this_request()
     yield session
