@@ -18,8 +18,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database before a 503: two waits (a free connection,
-    # then a new one if that one died), half each, and at least 2 s each (part 3 needs 1 s of it).
+    # Seconds a request may wait for the database before a 503, in two halves: one for a free
+    # connection (pool_timeout, below), one for the server. ge=4: part 3 tells the server to give
+    # up 1 s before its half ends, so that it stops before we do; a half needs at least 2 s.
     db_timeout: float = Field(default=10, ge=4)
 
 
@@ -27,19 +28,19 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
-    # QueuePool: the kind of pool these options are for. For the URL "sqlite://" (a database in
-    # memory) SQLAlchemy would pick another kind, and this line would crash; part 3 explains.
+    # QueuePool, the pool SQLAlchemy picks anyway for MySQL or a SQLite file. Named, so that the
+    # URL "sqlite://" (a database in memory) is refused at startup, saying why, not crash here.
     poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
-    pool_timeout=settings.db_timeout / 2,  # all lent out: wait at most half of db_timeout
+    pool_timeout=settings.db_timeout / 2,  # the first half: all lent out, wait this long at most
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
 )
 
-# Alembic, the tool that changes tables which hold rows (README, section 7), can change or drop
-# a key or an index only by its name, and MySQL and SQLite would each invent another (or none).
-# These patterns give each one the same name on both; "%(table_name)s" is Python's %-formatting,
-# filled in with the table's name. Here: pk_users (the primary key) and uq_users_username (the
-# UNIQUE column); ix_ (an index) and fk_ (a foreign key) wait for exercise 3's second table.
+# Alembic, the tool that changes tables which already hold rows (README, section 7), changes or
+# drops a key or an index by its name, and MySQL and SQLite would each make up another name.
+# These patterns name them alike on both ("%(table_name)s" is filled in with the table's name):
+# users' primary key is pk_users, its UNIQUE username uq_users_username; ix_ (an index) and fk_
+# (a foreign key) are for exercise 3's second table. Set before the first table, so: part 1.
 names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
 names["ix"] = "ix_%(column_0_label)s"  # label: the table's name, then the column's
 names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
@@ -87,11 +88,12 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session opens a Session and closes it in `finally`. Part 3 does both, once
-# per request: a route and the dependencies it takes share one session, closed (the tutorial's
-# session.close(), errors too) as soon as the answer is built, before it is sent: no close()
-# here, and no leak. `async def`: FastAPI runs plain `def` routes in a few threads, and waiting
-# here for a free connection holds none of them. The routes stay plain `def`, as in the tutorial.
+# The tutorial's get_session makes a Session(bind=db_engine) and closes it in `finally`. Part 3
+# does both, once per request (RequestWork): a route and the dependencies it takes share one
+# session, closed as soon as the answer is built, even after an error, before it is sent. So no
+# `finally` here, and no leak. `async def` and `await`: while a request waits here for a free
+# connection, it holds none of the few threads that FastAPI runs plain `def` routes in. The
+# routes stay plain `def`, as in the tutorial.
 async def get_session():
     session = await session_of_this_request()
     yield session
@@ -130,8 +132,9 @@ def create_user(
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()  # a taken username: the unique index says no, and part 3 answers 409
-    # The tutorial's answer, {"id": ..., "username": ..., "email": ...}, read from the new row. No
-    # refresh() first: commit() filled in the id; expire_on_commit=False (part 3) keeps the rest.
+    # The tutorial calls session.refresh(new_user) here, to read the row back: not needed, and one
+    # query saved. commit() filled in new_user.id, and part 3's sessions keep the other values
+    # after a commit (expire_on_commit=False). The answer: the tutorial's dict, as a UserOutput.
     return UserOutput.model_validate(new_user)
 
 
