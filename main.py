@@ -18,7 +18,8 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database before a 503, in two halves: one for a free
+    # Seconds a request may wait for the database before the app answers 503 (Service
+    # Unavailable: the client may try again later). They come in two halves: one for a free
     # connection (pool_timeout, below), one for the server. ge=4: part 3 tells the server to give
     # up 1 s before its half ends, so that it stops before we do; a half needs at least 2 s.
     db_timeout: float = Field(default=10, ge=4)
@@ -38,12 +39,14 @@ db_engine = create_engine(
 
 # Alembic, the tool that changes tables which already hold rows (README, section 7), changes or
 # drops a key or an index by its name, and MySQL and SQLite would each make up another name.
-# These patterns name them alike on both ("%(table_name)s" is filled in with the table's name):
-# users' primary key is pk_users, its UNIQUE username uq_users_username; ix_ (an index) and fk_
-# (a foreign key) are for exercise 3's second table. Set before the first table, so: part 1.
-names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
-names["ix"] = "ix_%(column_0_label)s"  # label: the table's name, then the column's
-names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
+# These patterns name them alike on both: SQLAlchemy fills in each %(...)s (Python's older
+# string formatting) with the table's or the column's name. Set before the first table, so: here.
+names = {
+    "pk": "pk_%(table_name)s",  # the primary key of users: pk_users
+    "uq": "uq_%(table_name)s_%(column_0_name)s",  # UNIQUE username: uq_users_username
+    "ix": "ix_%(column_0_label)s",  # an index, in exercise 3: ix_posts_user_id
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",  # fk_posts_user_id_users
+}
 BaseModelClass = declarative_base(metadata=MetaData(naming_convention=names))
 
 
@@ -76,6 +79,8 @@ Username = Annotated[str, Field(max_length=200, examples=["ada"]), AfterValidato
 
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
     username: Username
+    # EmailStr: a str that must be an e-mail address. `= Field(...)` is no default value: it adds
+    # a rule (the column's 120 characters) and an example for /docs.
     email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
 
 
