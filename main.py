@@ -39,14 +39,12 @@ db_engine = create_engine(
 
 # Alembic, the tool that changes tables which already hold rows (README, section 7), changes or
 # drops a key or an index by its name, and MySQL and SQLite would each make up another name.
-# These patterns name them alike on both: SQLAlchemy fills in each %(...)s (Python's older
-# string formatting) with the table's or the column's name. Set before the first table, so: here.
-names = {
-    "pk": "pk_%(table_name)s",  # the primary key of users: pk_users
-    "uq": "uq_%(table_name)s_%(column_0_name)s",  # UNIQUE username: uq_users_username
-    "ix": "ix_%(column_0_label)s",  # an index, in exercise 3: ix_posts_user_id
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",  # fk_posts_user_id_users
-}
+# These patterns name them alike on both. SQLAlchemy fills in each %(...)s (Python's older
+# string formatting): users' primary key is pk_users, its UNIQUE username uq_users_username;
+# ix_ and fk_ name exercise 3's index and foreign key. Set before the first table, so: here.
+names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
+names["ix"] = "ix_%(column_0_label)s"  # ix_posts_user_id (label: the table, then the column)
+names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
 BaseModelClass = declarative_base(metadata=MetaData(naming_convention=names))
 
 
@@ -64,16 +62,16 @@ class UserTable(BaseModelClass):
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 def check_username(name: str) -> str:
-    # The rules are plain Python, but long, so they come last in the file: username_rules() in
-    # part 3. This function only passes the name on; Python finds username_rules when a request
-    # calls it, by which time the whole file has run. Among the rules: 1 to 50 characters, and
-    # one spelling per name ("é" can arrive as one character, or as "e" plus an accent: both
-    # are stored as the one character, so a name can get shorter: the 50 are counted after).
+    # The rules are long, so they sit in part 3: username_rules(). The Username line below
+    # cannot name username_rules itself: it does not exist yet when Python runs that line. This
+    # body runs only when a request arrives, and by then it does. The rules: 1 to 50
+    # characters, no control or hidden ones, no space at either end, one spelling per name.
     return username_rules(name)
 
 
 # Annotated[str, ...]: a str, with rules that Pydantic applies in order: at most 200 characters
-# as sent (a quick first limit, whatever the name becomes), then check_username().
+# as sent, a cheap first cut (a name may arrive longer than it is stored: "é" can come as "e"
+# plus an accent, two characters), then check_username().
 Username = Annotated[str, Field(max_length=200, examples=["ada"]), AfterValidator(check_username)]
 
 
@@ -93,15 +91,14 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session makes a Session(bind=db_engine) and closes it in `finally`. Part 3
-# does both, once per request (RequestWork): a route and the dependencies it takes share one
-# session, closed as soon as the answer is built, even after an error, before it is sent. So no
-# `finally` here, and no leak. `async def` and `await`: while a request waits here for a free
-# connection, it holds none of the few threads that FastAPI runs plain `def` routes in. The
-# routes stay plain `def`, as in the tutorial.
+# The tutorial's get_session, whose two jobs (make a session, close it) part 3 does once per
+# request (RequestWork): a route and the dependencies it takes share one session, and it is
+# closed, even after an error, as soon as the answer is built, before it is sent. `async def` and
+# `await`: while a request waits here for a free connection, it holds none of the few threads
+# FastAPI runs plain `def` routes in. The routes stay plain `def`, as in the tutorial.
 async def get_session():
-    session = await session_of_this_request()
-    yield session
+    session = await session_of_this_request()  # the tutorial's Session(bind=db_engine)
+    yield session  # no `finally: session.close()` here: part 3 closes it, always
 
 
 # --- Section 5: the application -------------------------------------------------------------
