@@ -29,8 +29,9 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
-    # QueuePool, the pool SQLAlchemy picks anyway for MySQL or a SQLite file. Named, so that the
-    # URL "sqlite://" (a database in memory) is refused at startup, saying why, not crash here.
+    # QueuePool, the pool SQLAlchemy picks anyway for MySQL or a SQLite file. Named, so that this
+    # line also takes the URL "sqlite://" (a database in memory, which would get another kind of
+    # pool and crash here); part 3 then refuses it at startup, saying why.
     poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     pool_timeout=settings.db_timeout / 2,  # the first half: all lent out, wait this long at most
@@ -567,9 +568,8 @@ def schema_problem(bind: Engine | Connection) -> str | None:
     for table in BaseModelClass.metadata.sorted_tables:
         there = database.has_table(table.name)
         existing = {column["name"] for column in database.get_columns(table.name)} if there else ()
-        if missing := [
-            repr(column.name) for column in table.columns if column.name not in existing
-        ]:
+        missing = [repr(column.name) for column in table.columns if column.name not in existing]
+        if missing:
             problem = f"has no column {', '.join(missing)}" if there else "is missing"
             return (
                 f"Table '{table.name}' {problem}, which the models declare. If no revision has"

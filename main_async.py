@@ -42,8 +42,8 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
 db_engine = create_async_engine(
     async_url(DB_URL),
     # AsyncAdaptedQueuePool, the pool SQLAlchemy picks anyway for MySQL or a SQLite file. Named,
-    # so that the URL "sqlite://" (a database in memory) is refused at startup, saying why, not
-    # crash here.
+    # so that this line also takes the URL "sqlite://" (a database in memory, which would get
+    # another kind of pool and crash here); part 3 then refuses it at startup, saying why.
     poolclass=AsyncAdaptedQueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
@@ -664,9 +664,8 @@ def schema_problem(bind: Connection) -> str | None:
     for table in BaseModelClass.metadata.sorted_tables:
         there = database.has_table(table.name)
         existing = {column["name"] for column in database.get_columns(table.name)} if there else ()
-        if missing := [
-            repr(column.name) for column in table.columns if column.name not in existing
-        ]:
+        missing = [repr(column.name) for column in table.columns if column.name not in existing]
+        if missing:
             problem = f"has no column {', '.join(missing)}" if there else "is missing"
             return (
                 f"Table '{table.name}' {problem}, which the models declare. If no revision has"
