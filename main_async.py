@@ -20,10 +20,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database before the app answers 503 (Service
-    # Unavailable: the client may try again later). They come in two halves: one for a free
-    # connection (pool_timeout, below), one for the server. ge=4: part 3 tells the server to give
-    # up 1 s before its half ends, so that it stops before we do; a half needs at least 2 s.
+    # Seconds a request may wait for the database before a 503 (Service Unavailable: try again),
+    # in two halves: a free connection (pool_timeout), then the server, which part 3 stops 1 s
+    # before its half ends, so that it gives up before we do. So a half is 2 s or more: ge=4.
     db_timeout: float = Field(default=10, ge=4)
 
 
@@ -41,9 +40,8 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
 
 db_engine = create_async_engine(
     async_url(DB_URL),
-    # AsyncAdaptedQueuePool, the pool SQLAlchemy picks anyway for MySQL or a SQLite file. Named,
-    # so that this line also takes the URL "sqlite://" (a database in memory, which would get
-    # another kind of pool and crash here); part 3 then refuses it at startup, saying why.
+    # AsyncAdaptedQueuePool, SQLAlchemy's choice for MySQL or a SQLite file, named so that
+    # "sqlite://" (in memory) does not crash here: part 3 refuses it at startup, saying why.
     poolclass=AsyncAdaptedQueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
@@ -106,11 +104,10 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session, whose two jobs (make a session, close it) part 3 does once per
-# request (RequestWork): a route and the dependencies it takes share one session, and it is
-# closed, even after an error, as soon as the answer is built, before it is sent. `async def` and
-# `await`, here and in every route: while a query waits for the database, the event loop serves
-# others. A plain def cannot await the session: part 3 refuses one.
+# The tutorial's get_session, once per request: a route and the dependencies it takes share one
+# session, closed by part 3 (RequestWork) even after an error, as soon as the answer is built,
+# before it is sent. `async def` and `await`, here and in every route: while a query waits for the
+# database, the event loop serves others. A plain def cannot await: part 3 refuses one.
 async def get_session():
     session = await session_of_this_request()  # the tutorial's Session(bind=db_engine)
     yield session  # no `finally: session.close()` here: part 3 closes it, always
@@ -152,9 +149,8 @@ async def create_user(
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     await session.commit()  # a taken username: the unique index says no, and part 3 answers 409
-    # The tutorial calls session.refresh(new_user) here, to read the row back: not needed, and one
-    # query saved. commit() filled in new_user.id, and part 3's sessions keep the other values
-    # after a commit (expire_on_commit=False). The answer: the tutorial's dict, as a UserOutput.
+    # No session.refresh(new_user), as the tutorial has: commit() filled in the id, and part 3's
+    # sessions keep the rest after a commit (expire_on_commit=False): one query saved.
     return UserOutput.model_validate(new_user)
 
 
