@@ -123,7 +123,7 @@ def create_tables():  # creates the tables that are missing, never changes one
 
 
 # --- Section 8.2: create a user, approach A (the session comes from the dependency) ---------
-# 201 Created, for a new row. /docs also lists 400 (a body that is not JSON) and 409 (taken).
+# 201 Created, for a new row. /docs also lists 400 (a body not UTF-8 text) and 409 (taken).
 @app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
 def create_user(
     user: UserInput,
@@ -213,6 +213,7 @@ def delete_user(user_id: UserId, session: SessionDep) -> None:
 
 
 # === Part 3: what a real service adds =======================================================
+import json
 import logging
 import pathlib
 import threading
@@ -231,6 +232,9 @@ from alembic.script import ScriptDirectory
 from anyio import from_thread
 from anyio.lowlevel import RunVar
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
@@ -329,6 +333,7 @@ session_factory = sessionmaker(expire_on_commit=False, close_resets_only=False)
 @event.listens_for(session_factory, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
+    session.info["flushed"] = False  # a new transaction: nothing of it sent yet
     if work := this_request.get(None):
         work.own_connections += 1
 
@@ -337,6 +342,11 @@ def remember_connection(session: Session, transaction: object, connection: Conne
 def note_commit(session: Session) -> None:
     if work := this_request.get(None):
         work.commits += 1
+
+
+@event.listens_for(session_factory, "after_flush")
+def note_flush(session: Session, flush_context: object) -> None:
+    session.info["flushed"] = True  # changes sent in this transaction, not yet committed
 
 
 def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits for the server
@@ -385,6 +395,13 @@ class RequestWork:
             self.session = session_factory(bind=db_engine)
         return self.session
 
+    def has_unsaved_changes(self) -> bool:  # FastAPI runs a dependency's code after `yield`
+        # once the answer is sent: it may commit them then (README, section 6)
+        session = self.session
+        if session is None or not session.in_transaction():
+            return False
+        return bool(session.info.get("flushed") or session.new or session.dirty or session.deleted)
+
     async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
         if self.turns is not None:
             turns, self.turns = self.turns, None
@@ -418,7 +435,8 @@ class RequestWork:
     async def send(self, message: Message) -> None:
         if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
-            await self.close()  # no turn, nor a background task after it
+            if not self.has_unsaved_changes():  # no turn, nor a background task after it; a
+                await self.close()  # session with changes waits for a commit after a `yield`
         await self.to_client(message)
 
 
@@ -483,6 +501,16 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
     headers = {"Retry-After": retry_after} if retry_after else None
     return JSONResponse({"detail": detail}, status_code, headers=headers)
+
+
+# --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), valid JSON but not text --
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+    try:  # FastAPI's own 422, which shows each wrong value as sent, in UTF-8
+        return await request_validation_exception_handler(request, error)
+    except UnicodeEncodeError:  # no UTF-8 for half a pair: the same 422, escaped as JSON allows
+        body = json.dumps({"detail": jsonable_encoder(error.errors())})
+        return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 
 # --- Health probes, for a load balancer or an orchestrator (docs/deploying.md) -------------

@@ -570,6 +570,42 @@ def test_readyz_answers_503_naming_a_missing_table(twin_app, engine):
     assert "Table 'users' is missing" in response.json()["detail"]
 
 
+COMMIT_AFTER_YIELD = """
+
+# --- Added by a learner: a dependency that commits the route's changes after it -------------
+async def get_transaction(session: SessionDep):
+    yield session
+    await session.commit()  # FastAPI runs this after the route, once the answer is sent
+
+
+@app.post("/learner/signup-flushed", status_code=201)
+async def signup_flushed(
+    user: UserInput, session: AsyncSession = Depends(get_transaction)
+) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    await session.flush()  # the INSERT is sent now, for the id
+    return UserOutput.model_validate(new_user)
+
+
+@app.post("/learner/signup-added", status_code=201)
+async def signup_added(user: UserInput, session: AsyncSession = Depends(get_transaction)) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    return {"queued": True}
+"""
+
+
+@pytest.mark.parametrize("path", ["/learner/signup-flushed", "/learner/signup-added"])
+def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(twin_app, rows, path):
+    app = twin_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client:
+        created = client.post(path, json=ADA)
+        checked_out = app.db_engine.pool.checkedout()
+    assert created.status_code == 201, created.text
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+    assert checked_out == 0
+
+
 STREAM_WITH_THE_ROUTES_SESSION = """
 
 # --- Added by a learner: a stream that uses the route's session after the answer began --------

@@ -196,6 +196,64 @@ def test_a_deadlock_after_a_commit_through_a_session_of_its_own_is_not_run_again
     assert not [r for r in caplog.records if "running it again" in r.getMessage()]
 
 
+COMMIT_AFTER_YIELD = """
+
+# --- Added by a learner: a dependency that commits the route's changes after it -------------
+from fastapi import Depends
+from sqlalchemy.orm import Session
+
+
+def get_transaction(session: SessionDep):
+    yield session
+    session.commit()  # FastAPI runs this after the route, once the answer is sent
+
+
+@app.post("/learner/signup-flushed", status_code=201)
+def signup_flushed(user: UserInput, session: Session = Depends(get_transaction)) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.flush()  # the INSERT is sent now, for the id
+    return UserOutput.model_validate(new_user)
+
+
+@app.post("/learner/signup-added", status_code=201)
+def signup_added(user: UserInput, session: Session = Depends(get_transaction)) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    return {"queued": True}
+
+
+@app.post("/learner/signup-answered", status_code=201)
+def signup_answered(
+    user: UserInput, session: Session = Depends(get_transaction, scope="function")
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    return {"saved": True}
+"""
+
+
+@pytest.mark.parametrize("path", ["/learner/signup-flushed", "/learner/signup-added"])
+def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(
+    learner_app, engine, rows, path
+):
+    app = learner_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client:
+        created = client.post(path, json=ADA)
+        checked_out = app.db_engine.pool.checkedout()
+    assert created.status_code == 201, created.text
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+    assert checked_out == 0
+
+
+def test_a_commit_after_yield_in_function_scope_answers_a_taken_username_409(learner_app, rows):
+    app = learner_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client:
+        first = client.post("/learner/signup-answered", json=ADA)
+        again = client.post("/learner/signup-answered", json=ADA)
+    assert first.status_code == 201, first.text
+    assert again.status_code == 409 and again.json() == {"detail": "Username already taken"}
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+
+
 # --- 2. A streamed answer, and a background task handed the session ---------------------------
 STREAMS = """
 
@@ -304,6 +362,15 @@ def test_the_readmes_background_task_writes_in_a_session_of_its_own(learner_app,
         checked_out = app.db_engine.pool.checkedout()
     assert rows() == [(user_id, "ada", "visited@example.com")]
     assert checked_out == 0
+
+
+def test_the_readmes_background_task_for_an_unknown_user_answers_404(learner_app, caplog):
+    app = learner_app(AFTER_THE_ANSWER)
+    with TestClient(app.app) as client:
+        client.get("/readyz")  # the tables exist
+        answer = client.post("/users/99999/visits")
+    assert answer.status_code == 404 and answer.json() == {"detail": "User not found"}
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
 
 
 # --- 3. A background task after a sign-up ------------------------------------------------------
