@@ -276,6 +276,7 @@ REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, 
 this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
 preparing_of_this_loop: RunVar[anyio.Lock] = RunVar("preparing")  # and one lock per loop
+closer_of_this_loop: RunVar[AsyncIterator[None]] = RunVar("closer")  # see close_at_loop_end
 
 
 # --- Usernames (docs/usernames.md): the rules check_username() applies, for a new name or a change
@@ -345,8 +346,10 @@ guard_engine(db_engine.sync_engine)
 # request that comes as a connection is given back takes it before one that has waited (a p99
 # of 0.8 s at 32 clients). Turns are taken in order, first come, first served.
 async def take_turn(work: "RequestWork | None" = None) -> anyio.Semaphore:
-    if (turns := turns_of_this_loop.get(None)) is None:
+    if (turns := turns_of_this_loop.get(None)) is None:  # the first turn on this event loop
         turns_of_this_loop.set(turns := anyio.Semaphore(settings.db_pool_size))
+        closer_of_this_loop.set(closer := close_at_loop_end(db_engine))
+        await anext(closer)  # started: it finishes when the loop ends
     waited = turns.value == 0
     with anyio.move_on_after(WAIT_SECONDS):
         await turns.acquire()
@@ -356,6 +359,16 @@ async def take_turn(work: "RequestWork | None" = None) -> anyio.Semaphore:
             raise HTTPException(499, "Client closed the request")
         return turns
     raise exc.TimeoutError(f"No database turn free in {WAIT_SECONDS:g} s")  # answered 503 busy
+
+
+# A connection works only on the event loop that opened it, and TestClient without `with` runs
+# each request on a loop of its own. An ending loop first finishes the async generators it
+# started: this one closes, on that loop, the connections it opened.
+async def close_at_loop_end(engine: AsyncEngine) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await engine.dispose()
 
 
 # --- Bounds: each wait for the database ends within WAIT_SECONDS ------------------------------

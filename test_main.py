@@ -201,11 +201,13 @@ def test_missing_fields_and_wrong_types_return_422(client, rows, body):
     assert rows() == []
 
 
-def test_body_that_is_not_json_returns_422(client):
+def test_body_that_is_not_json_returns_422_saying_where_it_broke(client):
     response = client.post(
         "/users/", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["type"] == "json_invalid" and error["loc"] == ["body", 1]
 
 
 def test_concurrent_creates_of_one_username_give_one_201_and_one_row(client, rows):

@@ -547,6 +547,17 @@ def test_a_websockets_database_error_closes_it_with_1011_and_is_logged(twin_app,
     assert "closed with 1011" in caplog.text
 
 
+def test_testclient_without_with_answers_every_request(twin_app, rows):
+    app = twin_app()
+    client = TestClient(app.app)  # FastAPI's testing tutorial: each request on a loop of its own
+    bodies = [{"username": f"user{n}", "email": "u@example.com"} for n in range(3)]
+    created = [client.post("/users/", json=body) for body in bodies]
+    listed = client.get("/users/")
+    assert [answer.status_code for answer in created] == [201, 201, 201], created[-1].text
+    assert listed.json() == [answer.json() for answer in created]
+    assert [row[1] for row in rows()] == ["user0", "user1", "user2"]
+
+
 def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_app, rows):
     app = twin_app()
     outer = FastAPI()
