@@ -270,8 +270,11 @@ def username_rules(name: str) -> str:
     hidden = [f"U+{ord(c):04X}" for c, kind in kinds.items() if kind == "Cf" and c not in JOINERS]
     if hidden:
         raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
-    if "Cc" in kinds.values():
+    if {"Cc", "Zl", "Zp"} & set(kinds.values()):  # Zl, Zp: Unicode's line and paragraph breaks
         raise ValueError("control characters (a tab, a new line...) are not allowed")
+    # Unassigned: NFKC may fold such a character once Unicode assigns it: one name, two spellings
+    if unassigned := [f"U+{ord(c):04X}" for c, kind in kinds.items() if kind == "Cn"]:
+        raise ValueError(f"characters Unicode has not assigned yet: {', '.join(unassigned)}")
     if not 1 <= len(name) <= 50:
         raise ValueError(f"a username has 1 to 50 characters, not {len(name)}")
     if name != name.strip():
@@ -370,7 +373,10 @@ def new_session() -> Iterator[Session]:
 
 # --- One request, one session: opened at the first ask, closed before the answer is sent -----
 async def session_of_this_request() -> Session:  # in another app's route: mount main.app there
-    return await this_request.get().open_session()
+    if (work := this_request.get(None)) is None:  # its routes, included without its middleware
+        mount = f'parent.mount("/api", {__name__}.app)'
+        raise RuntimeError(f"{__name__}.app's routes need its middleware: mount it, {mount}")
+    return await work.open_session()
 
 
 class RequestWork:

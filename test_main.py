@@ -157,6 +157,8 @@ def test_username_of_50_characters_is_accepted(client):
         "ada\u3000",  # ideographic space
         "\u2003ada",  # em space
         "a\x00da",  # control character inside
+        "a\u2028da",  # line separator: a new line
+        "a\u0378da",  # not assigned by Unicode yet: NFKC may fold it once it is
     ],
 )
 def test_invalid_username_returns_422(client, rows, username):

@@ -558,6 +558,14 @@ def test_testclient_without_with_answers_every_request(twin_app, rows):
     assert [row[1] for row in rows()] == ["user0", "user1", "user2"]
 
 
+def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(twin_app):
+    app = twin_app()
+    parent = FastAPI()
+    parent.include_router(app.app.router)  # the twin's routes, but not its middleware
+    with TestClient(parent) as client, pytest.raises(RuntimeError, match=r"\.mount\("):
+        client.get("/users/")
+
+
 def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_app, rows):
     app = twin_app()
     outer = FastAPI()

@@ -82,6 +82,13 @@ def test_mounted_in_a_bigger_app_the_routes_answer(tables, rows):
     assert rows() == [(created.json()["id"], "ada", "ada@example.com")]
 
 
+def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(tables):
+    parent = FastAPI()
+    parent.include_router(main.app.router)  # main's routes, but not its middleware
+    with TestClient(parent) as client, pytest.raises(RuntimeError, match=r"\.mount\("):
+        client.get("/users/")
+
+
 def test_testclient_without_with_answers(tables, rows):
     client = TestClient(main.app)  # the pattern of FastAPI's testing tutorial
     created = client.post("/users/", json=ADA)
