@@ -224,7 +224,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from inspect import iscoroutinefunction
-from typing import get_type_hints
 
 import anyio
 from alembic.migration import MigrationContext
@@ -561,7 +560,9 @@ def prepare_database() -> None:  # at startup, which prepares again
 
 
 def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
-    with preparing:
+    if not preparing.acquire(timeout=WAIT_SECONDS):  # another request prepares: one wait
+        raise exc.TimeoutError(f"The tables were still being prepared after {WAIT_SECONDS:g} s")
+    try:
         if db_engine in prepared_engines:
             return
         if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
@@ -580,8 +581,8 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                     context = MigrationContext.configure(connection)
                     context.stamp(ScriptDirectory(str(migrations)), "head")
         for route in app.routes:  # an async def route runs its SQL on the event loop
-            takes = isinstance(route, APIRoute) and get_type_hints(route.endpoint).values()
-            if takes and Session in takes and iscoroutinefunction(route.endpoint):
+            takes = isinstance(route, APIRoute) and [d.call for d in route.dependant.dependencies]
+            if takes and get_session in takes and iscoroutinefunction(route.endpoint):
                 logger.warning(
                     "%s %s (%s) is an async def route that takes the session: while its SQL"
                     " waits, no other request moves. Make it a plain def (README, section 6).",
@@ -590,6 +591,8 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                     route.name,
                 )
         prepared_engines.add(db_engine)
+    finally:
+        preparing.release()
 
 
 def schema_problem(bind: Engine | Connection) -> str | None:

@@ -34,8 +34,9 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
     url = make_url(database_url)  # mysql+aiomysql:// or +asyncmy:// stay as they are
     if url.get_dialect().is_async:
         return url
-    drivers = {"mysql": "mysql+aiomysql", "sqlite": "sqlite+aiosqlite"}
-    return url.set(drivername=drivers.get(url.get_backend_name(), url.drivername))
+    drivers = {"mysql": "aiomysql", "mariadb": "aiomysql", "sqlite": "aiosqlite"}
+    backend = url.get_backend_name()
+    return url.set(drivername=f"{backend}+{drivers[backend]}") if backend in drivers else url
 
 
 db_engine = create_async_engine(
@@ -243,8 +244,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from inspect import isasyncgenfunction, iscoroutinefunction
-from typing import get_type_hints
+from inspect import isasyncgenfunction, iscoroutinefunction, isfunction
 
 import anyio
 from alembic.migration import MigrationContext
@@ -314,7 +314,7 @@ def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' t
     # starts the request's bound (bound_wait, below), and its end stops it.
     for starts in ("before_cursor_execute", "commit", "rollback"):
         event.listen(engine, starts, lambda *_: bound_wait(WAIT_SECONDS))
-    for ends in ("after_cursor_execute", "checkin"):
+    for ends in ("after_cursor_execute", "handle_error", "checkin"):
         event.listen(engine, ends, lambda *_: bound_wait(None))
 
     @event.listens_for(engine, "invalidate")  # a connection dropped, as a cancelled query's is
@@ -404,6 +404,10 @@ def wait_for_connection(session: Session, transaction: SessionTransaction) -> No
         bound_wait(settings.db_timeout)
 
 
+# add() begins a transaction too, but takes no connection until a flush: what the route awaits
+# after add(), another service say, is not a wait for the database.
+event.listen(RequestSession, "after_attach", lambda *_: bound_wait(None))
+event.listen(RequestSession, "before_flush", lambda *_: bound_wait(settings.db_timeout))
 event.listen(RequestSession, "after_rollback", lambda *_: bound_wait(None))
 
 
@@ -636,10 +640,7 @@ async def prepare_database() -> None:  # at startup, which prepares again
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while db_engine not in prepared_engines:  # workers starting together may also meet here
         try:
-            with anyio.move_on_after(settings.db_timeout) as bound:  # aiomysql would wait forever
-                await prepare_app()
-            if bound.cancelled_caught:
-                raise no_answer()
+            await prepare_app()
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
             why = error.orig  # aiomysql keeps the system's reason (refused, no route) apart
@@ -657,34 +658,40 @@ async def prepare_database() -> None:  # at startup, which prepares again
 
 
 async def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+    if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
+        raise RuntimeError(  # each connection would open a new, empty database of its own
+            "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
+            " such as sqlite:///./app.db"
+        )
+    for route in app.routes:  # a plain def runs in a thread, where nothing awaits the session
+        for name in plain_defs_taking_the_session(getattr(route, "dependant", Dependant())):
+            raise RuntimeError(
+                f"{route.path}: {name}() is a plain def that takes the session, whose calls"
+                " must be awaited. Write it as `async def`, and `await` each call on the"
+                " session: `user = await session.get(UserTable, user_id)` (README, section 6)."
+            )
     if (preparing := preparing_of_this_loop.get(None)) is None:
         preparing_of_this_loop.set(preparing := anyio.Lock())  # concurrent first requests wait
-    async with preparing:
-        if db_engine in prepared_engines:
-            return
-        if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
-            raise RuntimeError(  # each connection would open a new, empty database of its own
-                "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
-                " such as sqlite:///./app.db"
-            )
-        for route in app.routes:  # a plain def runs in a thread, where nothing awaits the session
-            for name in plain_defs_taking_the_session(getattr(route, "dependant", Dependant())):
-                raise RuntimeError(
-                    f"{route.path}: {name}() is a plain def that takes the session, whose calls"
-                    " must be awaited. Write it as `async def`, and `await` each call on the"
-                    " session: `user = await session.get(UserTable, user_id)` (README, section 6)."
-                )
-        # Alembic manages a database with an alembic_version table: create_all leaves it alone.
-        async with db_engine.connect() as connection:
-            tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
-        if "alembic_version" not in tables:
-            none_yet = not tables & set(BaseModelClass.metadata.tables)
-            await create_tables()
-            migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py
-            if none_yet and migrations.is_dir():  # made from nothing: the newest revision's
-                async with db_engine.begin() as connection:
-                    await connection.run_sync(stamp_head, ScriptDirectory(str(migrations)))
-        prepared_engines.add(db_engine)
+    with anyio.move_on_after(settings.db_timeout) as bound:  # the lock's wait, and aiomysql's
+        async with preparing:
+            if db_engine not in prepared_engines:
+                await create_tables_or_stamp()
+                prepared_engines.add(db_engine)
+    if bound.cancelled_caught:  # each request waits DB_TIMEOUT at most, however many wait
+        raise no_answer()
+
+
+async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock
+    # Alembic manages a database with an alembic_version table: create_all leaves it alone.
+    async with db_engine.connect() as connection:
+        tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
+    if "alembic_version" not in tables:
+        none_yet = not tables & set(BaseModelClass.metadata.tables)
+        await create_tables()
+        migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py
+        if none_yet and migrations.is_dir():  # made from nothing: the newest revision's
+            async with db_engine.begin() as connection:
+                await connection.run_sync(stamp_head, ScriptDirectory(str(migrations)))
 
 
 def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:
@@ -692,13 +699,12 @@ def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:
 
 
 def plain_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
-    for sub_dependant in dependant.dependencies:  # the route's function, and its dependencies'
+    call = dependant.call  # the route's function, then its dependencies', however they are typed
+    plain = isfunction(call) and not (iscoroutinefunction(call) or isasyncgenfunction(call))
+    if plain and get_session in [sub_dependant.call for sub_dependant in dependant.dependencies]:
+        yield call.__name__
+    for sub_dependant in dependant.dependencies:
         yield from plain_defs_taking_the_session(sub_dependant)
-    call = dependant.call
-    with contextlib.suppress(TypeError, NameError):  # an object with __call__, an unread hint
-        plain = not (iscoroutinefunction(call) or isasyncgenfunction(call))
-        if plain and AsyncSession in get_type_hints(call).values():
-            yield call.__name__
 
 
 def schema_problem(bind: Connection) -> str | None:

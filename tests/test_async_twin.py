@@ -148,6 +148,8 @@ def test_main_async_copied_alone_imports_without_warnings_and_serves_on_sqlite(t
         ("mysql://u:p@localhost/db", "mysql+aiomysql"),
         ("mysql+aiomysql://u:p@localhost/db", "mysql+aiomysql"),
         ("mysql+asyncmy://u:p@localhost/db", "mysql+asyncmy"),
+        ("mariadb+pymysql://u:p@localhost/db", "mariadb+aiomysql"),
+        ("mariadb://u:p@localhost/db", "mariadb+aiomysql"),
     ],
 )
 def test_main_pys_database_url_gets_an_async_driver(given, used):
@@ -155,7 +157,9 @@ def test_main_pys_database_url_gets_an_async_driver(given, used):
     assert twin.async_url(given).drivername == used
 
 
-@pytest.mark.parametrize("driver", ["mysql", "mysql+pymysql", "mysql+aiomysql", "mysql+asyncmy"])
+@pytest.mark.parametrize(
+    "driver", ["mysql", "mysql+pymysql", "mysql+aiomysql", "mysql+asyncmy", "mariadb+pymysql"]
+)
 def test_each_mysql_url_form_reaches_the_server(mysql_engine, driver):
     url = make_url(url_of(mysql_engine)).set(drivername=driver)
 
@@ -192,7 +196,31 @@ async def read_me(user: UserTable = Depends(current_user)) -> dict:
 """
 
 
-@pytest.mark.parametrize("code", [PLAIN_DEF, PLAIN_DEF_DEPENDENCY], ids=["route", "dependency"])
+TUTORIALS_SPELLING = """
+
+# --- Added by a learner: main.py's create_user, copied as it is -------------------------------
+@app.post("/learner/members/", status_code=201)
+def create_member(user: UserInput, session: Session = Depends(get_session)) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+
+NO_ANNOTATION = """
+
+# --- Added by a learner: a plain def route, its session without a type -----------------------
+@app.get("/learner/first")
+def first_user(session=Depends(get_session)) -> dict:
+    return {"user": str(session.get(UserTable, 1))}
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [PLAIN_DEF, PLAIN_DEF_DEPENDENCY, TUTORIALS_SPELLING, NO_ANNOTATION],
+    ids=["route", "dependency", "tutorials-spelling", "no-annotation"],
+)
 def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(twin_app, code):
     app = twin_app(code)
     with pytest.raises(RuntimeError) as stopped, TestClient(app.app):
@@ -578,6 +606,31 @@ def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_a
     assert rows() == [(created.json()["id"], "ada", "ada@example.com")]
 
 
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_mounted_on_a_stalled_database_each_first_request_answers_503_within_the_bound(
+    twin_app, engine, make_proxy
+):
+    proxy = make_proxy()
+    app = twin_app(database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+    outer = FastAPI()
+    outer.mount("/api", app.app)
+    proxy.stalled = True  # before the first request: the tables are prepared then
+
+    def first(number: int) -> tuple[float, int]:
+        started = time.monotonic()
+        answer = client.get(f"/api/users/{number + 1}")
+        return time.monotonic() - started, answer.status_code
+
+    with TestClient(outer) as client:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(first, range(4)))
+        proxy.stalled = False
+        client.portal.call(app.db_engine.dispose)
+    print(f"\nmounted, stalled: {[f'{status} in {seconds:.2f} s' for seconds, status in answers]}")
+    assert [status for _, status in answers] == [503] * 4
+    assert max(seconds for seconds, _ in answers) <= BOUND + MARGIN
+
+
 def test_readyz_answers_503_naming_a_missing_table(twin_app, engine):
     app = twin_app()
     with TestClient(app.app) as client:
@@ -623,6 +676,72 @@ def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(twin
     assert created.status_code == 201, created.text
     assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
     assert checked_out == 0
+
+
+SLOW_BESIDE_THE_DATABASE = """
+
+# --- Added by a learner: routes that also wait for something else, such as a mail server -----
+import asyncio
+
+from fastapi import BackgroundTasks
+from sqlalchemy import text
+
+SLOW = 4.5  # seconds: longer than DB_TIMEOUT, and no wait for the database
+
+
+@app.post("/learner/slow-signup", status_code=201)
+async def slow_signup(user: UserInput, session: SessionDep) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    await asyncio.sleep(SLOW)  # another service, between the add and the commit
+    await session.commit()
+    return {"saved": True}
+
+
+@app.post("/learner/slow-after-an-error", status_code=201)
+async def slow_after_an_error(user: UserInput, session: SessionDep) -> dict:
+    try:
+        await session.execute(text("SELECT * FROM learner_no_such_table"))
+    except exc.DBAPIError:
+        pass  # the learner's choice: go on without it
+    await asyncio.sleep(SLOW)
+    session.add(UserTable(username=user.username, email=user.email))
+    await session.commit()
+    return {"saved": True}
+
+
+async def get_transaction(session: SessionDep):
+    yield session
+    await session.commit()  # FastAPI runs this after the route, once the answer is sent
+
+
+async def send_welcome() -> None:
+    await asyncio.sleep(SLOW)
+
+
+@app.post("/learner/signup-with-welcome", status_code=202)
+async def signup_with_welcome(
+    user: UserInput, tasks: BackgroundTasks, session: AsyncSession = Depends(get_transaction)
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    tasks.add_task(send_welcome)
+    return {"queued": True}
+"""
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/learner/slow-signup", 201),
+        ("/learner/slow-after-an-error", 201),
+        ("/learner/signup-with-welcome", 202),
+    ],
+)
+def test_a_wait_beside_the_database_is_not_bounded_as_one_for_it(twin_app, rows, path, status):
+    app = twin_app(SLOW_BESIDE_THE_DATABASE, DB_TIMEOUT=str(BOUND))
+    with TestClient(app.app) as client:
+        answer = client.post(path, json=ADA)
+    assert (answer.status_code, answer.text) == (status, answer.text)
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
 
 
 STREAM_WITH_THE_ROUTES_SESSION = """

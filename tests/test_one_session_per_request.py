@@ -522,6 +522,30 @@ def test_mounted_on_a_fresh_database_the_tables_are_made_at_first_use(learner_ap
     assert ready.status_code == 200 and len(rows()) == 8
 
 
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_mounted_on_a_stalled_database_each_first_request_answers_503_within_the_bound(
+    learner_app, engine, make_proxy
+):
+    proxy = make_proxy()
+    app = learner_app(DATABASE_URL=url_of(engine, proxy), **FAST)
+    parent = FastAPI()
+    parent.mount("/api", app.app)
+    proxy.stalled = True  # before the first request: the tables are prepared then
+
+    def first(number: int) -> tuple[float, int]:
+        started = time.monotonic()
+        answer = client.get(f"/api/users/{number + 1}")
+        return time.monotonic() - started, answer.status_code
+
+    with TestClient(parent) as client:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(first, range(4)))
+        proxy.stalled = False
+    print(f"\nmounted, stalled: {[f'{status} in {seconds:.2f} s' for seconds, status in answers]}")
+    assert [status for _, status in answers] == [503] * 4
+    assert max(seconds for seconds, _ in answers) <= float(FAST["DB_TIMEOUT"]) + 0.5
+
+
 def test_readyz_answers_503_when_a_table_is_missing(learner_app, engine):
     app = learner_app()
     with TestClient(app.app) as client:
@@ -540,6 +564,11 @@ ASYNC_ROUTE = """
 @app.get("/learner/async-users/{user_id}")
 async def read_user_async(user_id: int, session: SessionDep) -> UserOutput:
     return UserOutput.model_validate(session.get(UserTable, user_id))
+
+
+@app.get("/learner/async-count")
+async def count_users_async(session=Depends(get_session)) -> dict:  # no type: the same
+    return {"users": len(session.scalars(select(UserTable)).all())}
 """
 
 
@@ -549,9 +578,10 @@ def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine,
         pass
     warnings = [line for line in server.lines if "async def" in line]
     print(f"\n{engine.dialect.name}: {warnings}")
-    assert len(warnings) == 1, server.lines  # the WebSockets and the def routes are fine
+    assert len(warnings) == 2, server.lines  # the WebSockets and the def routes are fine
     assert "/learner/async-users/{user_id}" in warnings[0] and "read_user_async" in warnings[0]
-    assert warnings[0].startswith("WARNING")
+    assert "/learner/async-count" in warnings[1] and "count_users_async" in warnings[1]
+    assert all(warning.startswith("WARNING") for warning in warnings)
 
 
 # --- 7. Clients that gave up before their turn came ---------------------------------------------
