@@ -157,6 +157,7 @@ async def create_user(
 
 # === Part 2: more CRUD =======================================================================
 from fastapi import HTTPException, Path, Query, Request, Response
+from pydantic import with_config
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
@@ -165,6 +166,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]  # shorter to write, 
 Email = Annotated[EmailStr, Field(max_length=120)]
 
 
+@with_config(extra="forbid")  # a misspelt field is a 422, not a change silently left undone
 class UserPatch(TypedDict, total=False):  # a field may be left out, but not be null
     username: Username
     email: Email

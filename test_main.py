@@ -308,6 +308,14 @@ def test_patch_with_null_or_invalid_field_returns_422(client, rows, body):
     assert rows() == [(user_id, "ada", "ada@example.com")]
 
 
+def test_patch_with_a_misspelt_field_returns_422_naming_it(client, rows):
+    user_id = create(client).json()["id"]
+    response = client.patch(f"/users/{user_id}", json={"emial": "new@example.com"})
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "emial"]]
+    assert rows() == [(user_id, "ada", "ada@example.com")]
+
+
 def test_patch_to_a_taken_username_returns_409(client, rows):
     create(client, "ada")
     grace_id = create(client, "grace", "grace@example.com").json()["id"]
