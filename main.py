@@ -249,9 +249,10 @@ app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs
 app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
-# connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement.
+# connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement,
+# a query stopped (KILL QUERY): sent again, each is likely to work.
 UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
-BUSY_CODES = {1213, 1205, 1969, 3024, "SQLITE_BUSY"}
+BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
 REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name

@@ -122,6 +122,41 @@ def test_a_row_lock_answers_503_busy_keeps_the_connection_and_leaves_nothing_wai
     assert "(1969)" in line or "(1205)" in line, line
 
 
+def test_a_query_an_operator_kills_answers_503_busy(mysql_engine, app_folder):
+    server = UvicornServer(url_of(mysql_engine), cwd=app_folder)
+    with server.wait_started(), server.client() as http, mysql_engine.connect() as admin:
+        user_id = http.post("/users/", json={"username": "ada", "email": "a@example.com"})
+        user_id = user_id.json()["id"]
+        holder = mysql_engine.connect()  # another client holds the row: the PATCH waits
+        holder.execute(text("SELECT id FROM users WHERE id = :id FOR UPDATE"), {"id": user_id})
+        change = {"email": "new@example.com"}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(http.patch, f"/users/{user_id}", json=change)
+            while not (updates := waiting_updates(admin)):
+                time.sleep(0.05)
+            admin.exec_driver_sql(f"KILL QUERY {updates[0]}")  # as a DBA stops a query
+            response = waiting.result()
+        holder.rollback()
+        holder.close()
+        after = http.patch(f"/users/{user_id}", json=change)
+    print(f"\nKILL QUERY: {response.status_code} {response.json()}")
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Database busy, try again"}
+    assert response.headers["Retry-After"] == "1"
+    assert after.status_code == 200
+    [line] = log_lines(server, "answered 503 Database busy")
+    assert "(1317)" in line, line
+
+
+def waiting_updates(admin) -> list[int]:
+    """Server-side ids of the app's connections running an UPDATE of users now."""
+    query = (
+        "SELECT id FROM information_schema.PROCESSLIST WHERE user = SUBSTRING_INDEX(USER(), '@',"
+        " 1) AND id <> CONNECTION_ID() AND info LIKE 'UPDATE users%%'"
+    )
+    return list(admin.exec_driver_sql(query).scalars())
+
+
 LONG_REPORT = """
 
 from sqlalchemy import text
