@@ -215,6 +215,7 @@ def delete_user(user_id: UserId, session: SessionDep) -> None:
 
 
 # === Part 3: what a real service adds =======================================================
+import contextlib
 import json
 import logging
 import pathlib
@@ -226,6 +227,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from inspect import iscoroutinefunction
+from typing import get_type_hints
 
 import anyio
 from alembic.migration import MigrationContext
@@ -233,6 +235,7 @@ from alembic.script import ScriptDirectory
 from anyio import from_thread
 from anyio.lowlevel import RunVar
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -250,7 +253,7 @@ app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **PO
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
 # connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement,
-# a query stopped (KILL QUERY): sent again, each is likely to work.
+# a statement an operator stopped (KILL QUERY).
 UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
 BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
@@ -563,16 +566,16 @@ def prepare_database() -> None:  # at startup, which prepares again
 
 
 def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+    if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
+        raise RuntimeError(  # each connection would open a new, empty database of its own
+            "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
+            " such as sqlite:///./app.db"
+        )
     if not preparing.acquire(timeout=WAIT_SECONDS):  # another request prepares: one wait
         raise exc.TimeoutError(f"The tables were still being prepared after {WAIT_SECONDS:g} s")
     try:
         if db_engine in prepared_engines:
             return
-        if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
-            raise RuntimeError(  # each connection would open a new, empty database of its own
-                "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
-                " such as sqlite:///./app.db"
-            )
         # Alembic manages a database with an alembic_version table: create_all leaves it alone.
         database = inspect(db_engine)
         if not database.has_table("alembic_version"):
@@ -583,19 +586,31 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                 with db_engine.begin() as connection:
                     context = MigrationContext.configure(connection)
                     context.stamp(ScriptDirectory(str(migrations)), "head")
-        for route in app.routes:  # an async def route runs its SQL on the event loop
-            takes = isinstance(route, APIRoute) and [d.call for d in route.dependant.dependencies]
-            if takes and get_session in takes and iscoroutinefunction(route.endpoint):
+        http_routes = [route for route in app.routes if isinstance(route, APIRoute)]
+        for route in http_routes:  # a WebSocket can only be async def: README, section 6
+            for name in async_defs_taking_the_session(route.dependant):
                 logger.warning(
-                    "%s %s (%s) is an async def route that takes the session: while its SQL"
-                    " waits, no other request moves. Make it a plain def (README, section 6).",
+                    "%s %s: %s() is an async def that takes the session: while its SQL waits,"
+                    " no other request moves. Make it a plain def (README, section 6).",
                     ",".join(sorted(route.methods)),
                     route.path,
-                    route.name,
+                    name,
                 )
         prepared_engines.add(db_engine)
     finally:
         preparing.release()
+
+
+def async_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
+    """The route's function, then its dependencies, found by their type hint `Session` (after
+    exercise 6 there is no get_session to look for)."""
+    call, hints = dependant.call, {}
+    with contextlib.suppress(TypeError, NameError):  # no hints, or one naming what is not there
+        hints = get_type_hints(call)
+    if Session in hints.values() and iscoroutinefunction(call):  # its SQL blocks the event loop
+        yield call.__qualname__
+    for sub_dependant in dependant.dependencies:
+        yield from async_defs_taking_the_session(sub_dependant)
 
 
 def schema_problem(bind: Engine | Connection) -> str | None:

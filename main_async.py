@@ -246,7 +246,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from inspect import isasyncgenfunction, iscoroutinefunction, isfunction
+from inspect import isasyncgenfunction, isclass, iscoroutinefunction, isroutine
 
 import anyio
 from alembic.migration import MigrationContext
@@ -257,9 +257,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
+from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -270,7 +270,7 @@ app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **PO
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
 # connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement,
-# a query stopped (KILL QUERY): sent again, each is likely to work.
+# a statement an operator stopped (KILL QUERY).
 UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
 BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
@@ -317,8 +317,13 @@ def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' t
     # starts the request's bound (bound_wait, below), and its end stops it.
     for starts in ("before_cursor_execute", "commit", "rollback"):
         event.listen(engine, starts, lambda *_: bound_wait(WAIT_SECONDS))
-    for ends in ("after_cursor_execute", "handle_error", "checkin"):
+    for ends in ("after_cursor_execute", "checkin"):
         event.listen(engine, ends, lambda *_: bound_wait(None))
+
+    @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
+    def end_wait(context: ExceptionContext) -> None:
+        if not context.is_pre_ping:  # a failed ping connects again next: still waiting
+            bound_wait(None)
 
     @event.listens_for(engine, "invalidate")  # a connection dropped, as a cancelled query's is
     def roll_back_first(dbapi_connection: object, *_: object) -> None:
@@ -393,7 +398,13 @@ def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavai
 # The sessions of part 3: readable after commit(), unusable once closed (never a connection
 # outside a turn). RequestSession is their sync half: their listeners are registered on it once.
 class RequestSession(Session):
-    pass
+    def get_bind(self, *args: object, **kwargs: object) -> Engine | Connection:
+        # A connection comes next, if this transaction has none yet: a free one, a ping or a
+        # connect, bounded together (after_begin ends the wait). add() takes none: what a route
+        # awaits after it, another service say, is no wait for the database.
+        if (transaction := self.get_transaction()) is None or not transaction.connections:
+            bound_wait(settings.db_timeout)
+        return super().get_bind(*args, **kwargs)
 
 
 session_factory = async_sessionmaker(
@@ -401,16 +412,6 @@ session_factory = async_sessionmaker(
 )
 
 
-@event.listens_for(RequestSession, "after_transaction_create")
-def wait_for_connection(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # a connection next: a free one, then a ping or a connect
-        bound_wait(settings.db_timeout)
-
-
-# add() begins a transaction too, but takes no connection until a flush: what the route awaits
-# after add(), another service say, is not a wait for the database.
-event.listen(RequestSession, "after_attach", lambda *_: bound_wait(None))
-event.listen(RequestSession, "before_flush", lambda *_: bound_wait(settings.db_timeout))
 event.listen(RequestSession, "after_rollback", lambda *_: bound_wait(None))
 
 
@@ -675,12 +676,18 @@ async def prepare_app() -> None:  # at startup, or at the first request when mou
             )
     if (preparing := preparing_of_this_loop.get(None)) is None:
         preparing_of_this_loop.set(preparing := anyio.Lock())  # concurrent first requests wait
-    with anyio.move_on_after(settings.db_timeout) as bound:  # the lock's wait, and aiomysql's
-        async with preparing:
+    with anyio.move_on_after(WAIT_SECONDS) as waited:  # another request prepares: one wait
+        await preparing.acquire()
+    if waited.cancelled_caught:
+        raise exc.TimeoutError(f"The tables were still being prepared after {WAIT_SECONDS:g} s")
+    try:
+        with anyio.move_on_after(settings.db_timeout) as bound:  # aiomysql would wait forever
             if db_engine not in prepared_engines:
                 await create_tables_or_stamp()
                 prepared_engines.add(db_engine)
-    if bound.cancelled_caught:  # each request waits DB_TIMEOUT at most, however many wait
+    finally:
+        preparing.release()
+    if bound.cancelled_caught:
         raise no_answer()
 
 
@@ -703,9 +710,11 @@ def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:
 
 def plain_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
     call = dependant.call  # the route's function, then its dependencies', however they are typed
-    plain = isfunction(call) and not (iscoroutinefunction(call) or isasyncgenfunction(call))
-    if plain and get_session in [sub_dependant.call for sub_dependant in dependant.dependencies]:
-        yield call.__name__
+    if get_session in [sub_dependant.call for sub_dependant in dependant.dependencies]:
+        if not (isroutine(call) or isclass(call) or iscoroutinefunction(call)):
+            call = call.__call__  # an object that is called: its method
+        if isroutine(call) and not (iscoroutinefunction(call) or isasyncgenfunction(call)):
+            yield call.__qualname__
     for sub_dependant in dependant.dependencies:
         yield from plain_defs_taking_the_session(sub_dependant)
 

@@ -216,10 +216,27 @@ def first_user(session=Depends(get_session)) -> dict:
 """
 
 
+A_METHOD = """
+
+# --- Added by a learner: a dependency that is a method of an object ---------------------------
+class Users:
+    def first(self, session: SessionDep) -> UserTable:
+        return session.get(UserTable, 1)
+
+
+users = Users()
+
+
+@app.get("/learner/first")
+async def read_first(user: UserTable = Depends(users.first)) -> dict:
+    return {"username": user.username}
+"""
+
+
 @pytest.mark.parametrize(
     "code",
-    [PLAIN_DEF, PLAIN_DEF_DEPENDENCY, TUTORIALS_SPELLING, NO_ANNOTATION],
-    ids=["route", "dependency", "tutorials-spelling", "no-annotation"],
+    [PLAIN_DEF, PLAIN_DEF_DEPENDENCY, TUTORIALS_SPELLING, NO_ANNOTATION, A_METHOD],
+    ids=["route", "dependency", "tutorials-spelling", "no-annotation", "a-method"],
 )
 def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(twin_app, code):
     app = twin_app(code)
@@ -709,6 +726,14 @@ async def slow_after_an_error(user: UserInput, session: SessionDep) -> dict:
     return {"saved": True}
 
 
+@app.post("/learner/slow-in-begin", status_code=201)
+async def slow_in_begin(user: UserInput, session: SessionDep) -> dict:
+    async with session.begin():  # SQLAlchemy's own asyncio examples write it so
+        await asyncio.sleep(SLOW)
+        session.add(UserTable(username=user.username, email=user.email))
+    return {"saved": True}
+
+
 async def get_transaction(session: SessionDep):
     yield session
     await session.commit()  # FastAPI runs this after the route, once the answer is sent
@@ -733,6 +758,7 @@ async def signup_with_welcome(
     [
         ("/learner/slow-signup", 201),
         ("/learner/slow-after-an-error", 201),
+        ("/learner/slow-in-begin", 201),
         ("/learner/signup-with-welcome", 202),
     ],
 )

@@ -566,9 +566,13 @@ async def read_user_async(user_id: int, session: SessionDep) -> UserOutput:
     return UserOutput.model_validate(session.get(UserTable, user_id))
 
 
-@app.get("/learner/async-count")
-async def count_users_async(session=Depends(get_session)) -> dict:  # no type: the same
-    return {"users": len(session.scalars(select(UserTable)).all())}
+async def first_user_async(session: SessionDep) -> UserTable:  # a dependency: the same
+    return session.get(UserTable, 1)
+
+
+@app.get("/learner/first")
+def read_first_user(user: UserTable = Depends(first_user_async)) -> dict:
+    return {"username": user.username}
 """
 
 
@@ -580,7 +584,7 @@ def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine,
     print(f"\n{engine.dialect.name}: {warnings}")
     assert len(warnings) == 2, server.lines  # the WebSockets and the def routes are fine
     assert "/learner/async-users/{user_id}" in warnings[0] and "read_user_async" in warnings[0]
-    assert "/learner/async-count" in warnings[1] and "count_users_async" in warnings[1]
+    assert "/learner/first" in warnings[1] and "first_user_async" in warnings[1]
     assert all(warning.startswith("WARNING") for warning in warnings)
 
 
