@@ -391,7 +391,7 @@ def bound_wait(seconds: float | None) -> None:  # None: the wait is over
 
 
 def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavailable
-    cause = TimeoutError(2013, "No answer from the database within its bound (DB_TIMEOUT): dropped")
+    cause = TimeoutError(2013, "No answer from the database within its bound: dropped")
     return exc.OperationalError(None, None, cause, connection_invalidated=True)
 
 
