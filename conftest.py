@@ -15,9 +15,28 @@ from sqlalchemy import URL, Engine, MetaData, create_engine, inspect, make_url, 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
-import main
 from tests.galera import MISSING as GALERA_SKIPPED
 from tests.support import ROOT, TcpProxy, copy_app, twin_folder
+
+
+def import_on_no_database(name: str) -> ModuleType:
+    """The app, imported with DATABASE_URL on an empty in-memory database. The fixtures point
+    its db_engine at the test database; whatever was bound to the engine at import (exercise 6's
+    `SessionLocal = sessionmaker(bind=db_engine)`) then reaches nothing of yours."""
+    yours = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = "sqlite://"
+    try:
+        return importlib.import_module(name)
+    finally:
+        if yours is None:
+            del os.environ["DATABASE_URL"]
+        else:
+            os.environ["DATABASE_URL"] = yours
+
+
+main = import_on_no_database("main")
+if Path(__file__).with_name("main_async.py").exists():
+    import_on_no_database("main_async")
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL")
 MYSQL_SKIPPED = "MySQL cases skipped: set TEST_DATABASE_URL=mysql+pymysql://user:pass@host/db"
@@ -32,7 +51,7 @@ SUITE_TABLES |= {"learner_audit", "collation_demo"}
 
 def refuse_a_database_that_is_not_for_tests(url: str) -> str | None:
     """Why pytest must not empty the database of `url`, or None. It drops every table there."""
-    test_url, app_url = make_url(url), make_url(main.settings.database_url)
+    test_url, app_url = make_url(url), make_url(main.Settings().database_url)  # not the import's
     if (test_url.host, test_url.port, test_url.database) == (
         app_url.host, app_url.port, app_url.database
     ):  # fmt: skip

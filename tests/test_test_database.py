@@ -3,14 +3,16 @@ anything, a TEST_DATABASE_URL that is the app's own database, whose name does no
 tests, or whose database holds a table the suite does not make (conftest.py, SUITE_TABLES)."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
+import main
 from conftest import url_of
-from tests.support import ROOT
+from tests.support import ROOT, copy_app
 
 
 def pytest_with(**env: str) -> subprocess.CompletedProcess:
@@ -67,3 +69,41 @@ def test_the_readmes_user_can_make_a_fresh_database_of_its_own(mysql_engine):
             assert connection.execute(text(f"SELECT id FROM {fresh}.users")).scalar() == 1
         finally:
             connection.execute(text(f"DROP DATABASE {fresh}"))
+
+
+def test_a_session_bound_when_main_is_imported_never_reaches_the_apps_database(tmp_path):
+    # Exercise 6's warned-of slip, `SessionLocal = sessionmaker(bind=db_engine)`, then the
+    # exercises' advice, `pytest test_main.py` as you go: the fixtures point main.db_engine at
+    # the test database, so conftest.py imports main.py with its engine on no database of yours.
+    learner_code = """
+SessionLocal = sessionmaker(bind=db_engine)
+
+
+@app.post("/learner/users/", status_code=201)
+def create_user_b(user: UserInput) -> UserOutput:
+    with SessionLocal() as session:
+        new_user = UserTable(username=user.username, email=user.email)
+        session.add(new_user)
+        session.commit()
+        return UserOutput.model_validate(new_user)
+"""
+    folder = copy_app(tmp_path, learner_code)
+    for name in ("conftest.py", "pyproject.toml", "tests/__init__.py", "tests/support.py"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copy(ROOT / "tests/galera.py", folder / "tests/galera.py")
+    (folder / "test_learner.py").write_text(
+        "def test_create(client):\n"
+        '    client.post("/learner/users/", json={"username": "ada", "email": "a@example.com"})\n'
+    )
+    apps_database = create_engine(f"sqlite:///{folder}/app.db")
+    main.BaseModelClass.metadata.create_all(apps_database)  # the learner's, made by the app
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TEST_DATABASE_URL")}
+    env["DATABASE_URL"] = "sqlite:///./app.db"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_learner.py"]
+    run = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    with apps_database.connect() as connection:
+        learners_rows = connection.execute(text("SELECT username FROM users")).scalars().all()
+    apps_database.dispose()
+    assert "1 passed" in run.stdout, run.stdout  # the learner's POST ran
+    assert learners_rows == []

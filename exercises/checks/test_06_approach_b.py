@@ -43,6 +43,7 @@ def test_crud_still_works(approach_b):
     assert client.get(f"/users/{user['id']}").json() == user
     patched = client.patch(f"/users/{user['id']}", json={"email": "new@example.com"})
     assert patched.json()["email"] == "new@example.com"
+    assert client.get(f"/users/{user['id']}").json()["email"] == "new@example.com"  # committed
     assert client.delete(f"/users/{user['id']}").status_code == 204
     assert client.get(f"/users/{user['id']}").status_code == 404
 
@@ -82,7 +83,8 @@ def test_sessions_are_not_left_open(approach_b, monkeypatch):
 
 def test_the_routes_use_db_engine_as_the_tests_set_it(approach_b, rows, tmp_path):
     # conftest.py, and so `pytest test_main.py`, points main.db_engine at a test database. A
-    # session bound to the engine SessionLocal was made with would reach your own app.db.
+    # session bound to the engine main.py was imported with would miss it (conftest.py imports
+    # main.py on an empty in-memory database, so never your app.db).
     factory = session_local() or main.session_factory
     bound, elsewhere = factory.kw.get("bind"), create_engine(f"sqlite:///{tmp_path}/other.db")
     factory.configure(bind=elsewhere)
