@@ -44,7 +44,7 @@ def by_username(src: str) -> str:
         READ_USER,
         '''
 
-@app.get("/users/by-username/{username}", responses=not_found)
+@app.get("/users/by-username/{username:path}", responses=not_found)  # a "/" too
 def read_user_by_username(username: Username, session: SessionDep) -> UserOutput:
     """Read one user by exact username, folded as the app folds the names it stores."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))

@@ -90,3 +90,32 @@ def test_check_passes_on_the_exercise_done_alone(tmp_path, exercise):
     result = run_check(app, exercise)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "skipped" not in result.stdout or not os.environ.get("CI"), result.stdout[-3000:]
+
+
+# A plausible slip in each reference solution, which its check must catch: (file, old, new).
+SLIPS = {
+    "01_by_username": ("main.py", "/{username:path}", "/{username}"),  # "a/b" is then a 404
+    "02_active_and_created_at": ("main.py", "datetime.now(UTC)", "datetime.now()"),  # local time
+    "03_posts": ("main.py", 'max_length=200, examples=["Hello"]', 'examples=["Hello"]'),
+    "05_race_test": (
+        "exercises/student/test_duplicate_race.py",
+        "    assert sorted(statuses) == [201] + [409] * 9\n",
+        "    print(statuses)  # sends the requests, checks nothing\n",
+    ),
+    "06_approach_b": ("main.py", "session.commit()  # sends the UPDATE", "session.flush()  #"),
+}
+
+
+@pytest.mark.parametrize("exercise", sorted(SLIPS))
+def test_check_fails_on_a_slip_in_the_solution(tmp_path, exercise):
+    need("ruff")
+    app = app_copy(tmp_path)
+    patch, _ = solution_patch(exercise, Tree.today())
+    (tmp_path / "alone.patch").write_text(patch)
+    subprocess.run(["git", "apply", str(tmp_path / "alone.patch")], cwd=app, check=True)
+    name, old, new = SLIPS[exercise]
+    code = (app / name).read_text()
+    assert old in code, f"the slip's text is not in the reference solution: {old!r}"
+    (app / name).write_text(code.replace(old, new, 1))
+    result = run_check(app, exercise)
+    assert result.returncode == 1, result.stdout[-3000:]

@@ -36,3 +36,12 @@ def test_a_name_no_user_can_have_is_refused_with_422(client):
     response = client.get("/users/by-username/ad\u200ba")  # a zero-width space inside
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "username"]
+
+
+def test_a_name_with_a_slash_in_it_is_found(client):
+    # A username may hold "/", which a URL sends as %2F and the router reads as "/" again: the
+    # route takes the rest of the path, slashes and all, with {username:path}.
+    created = client.post("/users/", json={"username": "a/b", "email": "ab@example.com"}).json()
+    response = client.get("/users/by-username/a%2Fb")
+    assert response.status_code == 200
+    assert response.json() == created

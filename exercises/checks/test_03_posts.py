@@ -1,6 +1,8 @@
 """Exercise 3: a posts table with a foreign key to users, two routes, and the revision that adds
 the table to a database that holds users already."""
 
+import json
+
 from sqlalchemy import inspect, text
 
 from exercises.checks.migrating import add_users, models_match, upgrade_with_rows
@@ -42,6 +44,29 @@ def test_a_post_needs_a_title(client):
     assert (
         client.post(f"/users/{user_id}/posts", json={"title": "", "body": "b"}).status_code == 422
     )
+
+
+def test_a_title_and_a_body_longer_than_their_columns_are_422(client):
+    # MySQL would refuse them with an error (1406, Data too long): the model says no first
+    user_id = new_user(client)
+    for title, body, status in [
+        ("t" * 200, "b" * 10_000, 201),
+        ("t" * 201, "b", 422),
+        ("t", "b" * 10_001, 422),
+    ]:
+        response = client.post(f"/users/{user_id}/posts", json={"title": title, "body": body})
+        assert response.status_code == status, (len(title), len(body), response.text[:300])
+
+
+def test_a_body_of_10_000_emoji_fits_as_utf8_but_not_as_escapes(client):
+    # The app's 64 KiB limit on a request body (exercises/README.md): 4 bytes an emoji in UTF-8,
+    # 12 as JSON's \ud83d\ude00
+    user_id, post = new_user(client), {"title": "emoji", "body": "\U0001f600" * 10_000}
+    for ensure_ascii, status in [(False, 201), (True, 413)]:
+        body = json.dumps(post, ensure_ascii=ensure_ascii).encode()
+        headers = {"content-type": "application/json"}
+        response = client.post(f"/users/{user_id}/posts", content=body, headers=headers)
+        assert response.status_code == status, (len(body), response.text[:300])
 
 
 def test_the_posts_table_has_a_foreign_key_to_users(client, engine):
