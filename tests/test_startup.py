@@ -135,3 +135,25 @@ def test_an_in_memory_sqlite_url_imports_then_stops_startup_saying_to_name_a_fil
     )
     assert run.returncode != 0
     assert "in-memory SQLite database: give it a file instead" in run.stderr, run.stderr[-1500:]
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mysql://tutorial:pass@127.0.0.1/tutorial", "No module named 'MySQLdb'"),
+        ("mysql+aiomysql://tutorial:pass@127.0.0.1/tutorial", "Pool class QueuePool cannot be"),
+        ("sqlite+aiosqlite:///./app.db", "Pool class QueuePool cannot be"),
+    ],
+)
+def test_a_url_for_another_driver_stops_main_py_as_troubleshooting_says(tmp_path, url, message):
+    # The twin reads these (docs/async.md); main.py needs mysql+pymysql:// or sqlite:///.
+    run = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import main"],
+        cwd=tmp_path,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0 and message in run.stderr, run.stderr[-1500:]
+    assert f"`{message}" in (ROOT / "docs" / "troubleshooting.md").read_text()
