@@ -23,7 +23,7 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     # Seconds a request may wait for the database before a 503 (Service Unavailable: try again),
     # in two halves: a free connection (pool_timeout), then the server, which part 3 stops 1 s
     # before its half ends, so that it gives up before we do. So a half is 2 s or more: ge=4.
-    db_timeout: float = Field(default=10, ge=4)
+    db_timeout: float = Field(default=10, ge=4, le=3600)  # le=: at most this (an hour)
 
 
 settings = Settings()  # a bad value stops the app here, with a message that names the setting

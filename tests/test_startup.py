@@ -93,10 +93,15 @@ def test_an_app_started_before_its_database_waits_for_it_and_serves(
         ("DB_TIMEOUT", "0", "greater than or equal to 4"),
         ("DB_TIMEOUT", "soon", "valid number"),
         ("DB_POOL_SIZE", "many", "valid integer"),
+        ("DB_TIMEOUT", "inf", "less than or equal to 3600"),  # no wait is forever
+        ("DB_TIMEOUT", "1e10", "less than or equal to 3600"),  # past what PyMySQL accepts
     ],
 )
-def test_a_bad_setting_stops_the_app_with_a_message_naming_it(tmp_path, setting, value, expected):
-    server = UvicornServer(f"sqlite:///{tmp_path}/app.db", extra_env={setting: value})
+def test_a_bad_setting_stops_the_app_with_a_message_naming_it(
+    tmp_path, app_folder, setting, value, expected
+):
+    database = f"sqlite:///{tmp_path}/app.db"
+    server = UvicornServer(database, extra_env={setting: value}, cwd=app_folder)
     code, _, lines = exit_of(server, timeout=30)
     output = "\n".join(lines)
     print(f"\n{setting}={value}: exit code {code}: {output.splitlines()[-1]}")
