@@ -453,7 +453,8 @@ async def close_session(session: AsyncSession) -> None:
                 return await session.run_sync(end_transaction)  # a ROLLBACK waits for the server
             except exc.DBAPIError as error:  # the connection died: the server rolls back itself
                 logger.warning("Closing a session: %s", error.orig)
-        await session.invalidate()  # no answer, or an error: drop the connection, not the rollback
+        with contextlib.suppress(exc.ResourceClosedError):  # the error closed it already
+            await session.invalidate()  # no answer, or an error: drop the connection
 
 
 @asynccontextmanager
