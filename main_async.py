@@ -608,14 +608,17 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     return JSONResponse({"detail": detail}, status_code, headers=headers)
 
 
-# --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), valid JSON but not text --
+# --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), or nested too deep --------
 @app.exception_handler(RequestValidationError)
 async def invalid_request(request: Request, error: RequestValidationError) -> Response:
     try:  # FastAPI's own 422, which shows each wrong value as sent, in UTF-8
         return await request_validation_exception_handler(request, error)
     except UnicodeEncodeError:  # no UTF-8 for half a pair: the same 422, escaped as JSON allows
         body = json.dumps({"detail": jsonable_encoder(error.errors())})
-        return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+    except RecursionError:  # a value nested deeper than Python recurses (3.13 parses it): the
+        errors = [{**mistake, "input": "(nested too deep to show)"} for mistake in error.errors()]
+        body = json.dumps({"detail": jsonable_encoder(errors)})  # same 422, without the value
+    return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 
 # --- Health probes, for a load balancer or an orchestrator (docs/deploying.md) -------------
