@@ -120,7 +120,9 @@ def test_a_row_lock_answers_503_busy_keeps_the_connection_and_leaves_nothing_wai
     assert app_connections <= still_connected, "the app threw its connection away"
     assert after.status_code == 200
     [line] = log_lines(server, "answered 503 Database busy")
-    assert "(1969)" in line or "(1205)" in line, line
+    # MariaDB ends the lock wait and the statement in the same second, and says 1969 for it
+    # (docs/reliability.md); MySQL says 1205
+    assert ("(1969)" if mysql_engine.dialect.is_mariadb else "(1205)") in line, line
 
 
 def test_a_query_an_operator_kills_answers_503_busy(mysql_engine, app_folder):
@@ -436,8 +438,13 @@ def test_a_connection_lost_as_a_read_closes_still_answers_the_read(engine, clien
         read = client.get(f"/users/{user['id']}")
         proxy.restore()
         again = client.get(f"/users/{user['id']}")
+        checked_out = app_engine.pool.checkedout()
     finally:
+        if hasattr(main.db_engine, "sync_engine"):  # the twin's: closed on the app's own loop
+            client.portal.call(main.db_engine.dispose)
+        else:
+            main.db_engine.dispose()
         proxy.close()
     assert (read.status_code, read.json()) == (200, user)
     assert again.status_code == 200
-    assert app_engine.pool.checkedout() == 0
+    assert checked_out == 0
