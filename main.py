@@ -564,8 +564,9 @@ def prepare_database() -> None:  # at startup, which prepares again
             logger.warning("Database not ready (%s): again in %.2f s", error.orig, pause)
             time.sleep(min(pause, left))
             pause *= 2
-    if problem := schema_problem(db_engine):  # create_all never changes a table that exists
-        raise RuntimeError(problem)
+    with db_engine.connect() as connection:  # create_all never changes a table that exists
+        if problem := schema_problem(connection) or revision_problem(connection):
+            raise RuntimeError(problem)
 
 
 def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
@@ -614,6 +615,24 @@ def async_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
         yield call.__qualname__
     for sub_dependant in dependant.dependencies:
         yield from async_defs_taking_the_session(sub_dependant)
+
+
+def revision_problem(connection: Connection) -> str | None:
+    """A database that Alembic manages, at a revision older than the newest beside main.py: a
+    revision may change rows, not only tables (0002 folds the usernames stored before it)."""
+    migrations = pathlib.Path(__file__).with_name("migrations")
+    if not migrations.is_dir():
+        return None
+    current = MigrationContext.configure(connection).get_current_revision()
+    script = ScriptDirectory(str(migrations))
+    older = {revision.revision for revision in script.walk_revisions()} - set(script.get_heads())
+    if current not in older:  # the newest, or none, or one this folder does not have
+        return None
+    newest = ", ".join(script.get_heads())
+    return (
+        f"The database is at revision {current}, older than this app's newest, {newest}: run"
+        " `alembic upgrade head` (README: Changing the schema)."
+    )
 
 
 def schema_problem(bind: Engine | Connection) -> str | None:

@@ -39,7 +39,8 @@ def upgrade() -> None:
             ", ".join(f"id {row.id} {row.username!a}" for row in group) for group in clashes
         )
         raise RuntimeError(
-            "Nothing was changed. These usernames are the same text in Unicode (NFKC), so the"
+            "Revision 0002 changed no row (the revisions before it stay applied). These"
+            " usernames are the same text in Unicode (NFKC), so the"
             f" app can no longer tell them apart: {listed or 'none'}. Folded, these are longer"
             f" than 50 characters: {too_long or 'none'}. Rename all but one of each group (or"
             " shorten), then run `alembic upgrade head` again (README: Usernames)."
