@@ -544,6 +544,7 @@ def readyz(session: SessionDep) -> dict[str, str]:
 
 
 # --- Startup: wait for the database, create the tables, tell Alembic ------------------------
+MIGRATIONS = pathlib.Path(__file__).with_name("migrations")  # none beside main.py alone
 prepared_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # once per process and engine
 preparing = threading.Lock()  # concurrent first requests: one prepares, the others wait
 
@@ -585,11 +586,10 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
         if not database.has_table("alembic_version"):
             none_yet = not any(map(database.has_table, BaseModelClass.metadata.tables))
             create_tables()
-            migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py
-            if none_yet and migrations.is_dir():  # made from nothing: the newest revision's
+            if none_yet and MIGRATIONS.is_dir():  # made from nothing: the newest revision's
                 with db_engine.begin() as connection:
                     context = MigrationContext.configure(connection)
-                    context.stamp(ScriptDirectory(str(migrations)), "head")
+                    context.stamp(ScriptDirectory(str(MIGRATIONS)), "head")
         http_routes = [route for route in app.routes if isinstance(route, APIRoute)]
         for route in http_routes:  # a WebSocket can only be async def: README, section 6
             for name in async_defs_taking_the_session(route.dependant):
@@ -620,11 +620,10 @@ def async_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
 def revision_problem(connection: Connection) -> str | None:
     """A database that Alembic manages, at a revision older than the newest beside main.py: a
     revision may change rows, not only tables (0002 folds the usernames stored before it)."""
-    migrations = pathlib.Path(__file__).with_name("migrations")
-    if not migrations.is_dir():
+    if not MIGRATIONS.is_dir():
         return None
     current = MigrationContext.configure(connection).get_current_revision()
-    script = ScriptDirectory(str(migrations))
+    script = ScriptDirectory(str(MIGRATIONS))
     older = {revision.revision for revision in script.walk_revisions()} - set(script.get_heads())
     if current not in older:  # the newest, or none, or one this folder does not have
         return None

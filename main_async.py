@@ -638,6 +638,7 @@ async def readyz(session: SessionDep) -> dict[str, str]:
 
 
 # --- Startup: wait for the database, create the tables, tell Alembic ------------------------
+MIGRATIONS = pathlib.Path(__file__).with_name("migrations")  # none beside main.py alone
 prepared_engines: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()  # once per process, engine
 
 
@@ -703,10 +704,9 @@ async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock
     if "alembic_version" not in tables:
         none_yet = not tables & set(BaseModelClass.metadata.tables)
         await create_tables()
-        migrations = pathlib.Path(__file__).with_name("migrations")  # none beside main.py
-        if none_yet and migrations.is_dir():  # made from nothing: the newest revision's
+        if none_yet and MIGRATIONS.is_dir():  # made from nothing: the newest revision's
             async with db_engine.begin() as connection:
-                await connection.run_sync(stamp_head, ScriptDirectory(str(migrations)))
+                await connection.run_sync(stamp_head, ScriptDirectory(str(MIGRATIONS)))
 
 
 def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:
@@ -727,11 +727,10 @@ def plain_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
 def revision_problem(connection: Connection) -> str | None:
     """A database that Alembic manages, at a revision older than the newest beside main.py: a
     revision may change rows, not only tables (0002 folds the usernames stored before it)."""
-    migrations = pathlib.Path(__file__).with_name("migrations")
-    if not migrations.is_dir():
+    if not MIGRATIONS.is_dir():
         return None
     current = MigrationContext.configure(connection).get_current_revision()
-    script = ScriptDirectory(str(migrations))
+    script = ScriptDirectory(str(MIGRATIONS))
     older = {revision.revision for revision in script.walk_revisions()} - set(script.get_heads())
     if current not in older:  # the newest, or none, or one this folder does not have
         return None
