@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,15 +24,8 @@ def import_on_no_database(name: str) -> ModuleType:
     """The app, imported with DATABASE_URL on an empty in-memory database. The fixtures point
     its db_engine at the test database; whatever was bound to the engine at import (exercise 6's
     `SessionLocal = sessionmaker(bind=db_engine)`) then reaches nothing of yours."""
-    yours = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = "sqlite://"
-    try:
+    with mock.patch.dict(os.environ, {"DATABASE_URL": "sqlite://"}):  # yours, put back after
         return importlib.import_module(name)
-    finally:
-        if yours is None:
-            del os.environ["DATABASE_URL"]
-        else:
-            os.environ["DATABASE_URL"] = yours
 
 
 main = import_on_no_database("main")
