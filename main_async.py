@@ -1,11 +1,10 @@
 # === Part 1 of 3: the tutorial, sections 3 to 8 in its order (2: more CRUD, 3: a real service)
 # main.py's async twin: the same app on SQLAlchemy's asyncio (`diff main.py main_async.py`).
 from contextlib import asynccontextmanager
-from typing import Annotated
 
 from fastapi import Depends, FastAPI, status
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, MetaData, String, make_url
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, create_async_engine
@@ -20,10 +19,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database before a 503 (Service Unavailable: try again),
-    # in two halves: a free connection (pool_timeout), then the server, which part 3 stops 1 s
-    # before its half ends, so that it gives up before we do. So a half is 2 s or more: ge=4.
-    db_timeout: float = Field(default=10, ge=4, le=3600)  # le=: at most this (an hour)
+    # Seconds a request may wait for the database, in all, before its answer is 503 (Service
+    # Unavailable: try again). From 4 (less would leave a query too little time) to 3600 (an hour).
+    db_timeout: float = Field(default=10, ge=4, le=3600)
 
 
 settings = Settings()  # a bad value stops the app here, with a message that names the setting
@@ -41,20 +39,21 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
 
 db_engine = create_async_engine(
     async_url(DB_URL),
-    # AsyncAdaptedQueuePool, SQLAlchemy's choice for MySQL or a SQLite file, named so that
-    # "sqlite://" (in memory) does not crash here: part 3 refuses it at startup, saying why.
+    # The kind of pool the next two settings are for: it keeps pool_size connections open, and a
+    # request waits for a free one at most pool_timeout. Named, so that any DATABASE_URL gets it.
     poolclass=AsyncAdaptedQueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
-    pool_timeout=settings.db_timeout / 2,  # the first half: all lent out, wait this long at most
+    pool_timeout=settings.db_timeout / 2,  # half: the other is for the database's answer (part 3)
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
 )
 
-# Alembic, the tool that changes tables which already hold rows (README, section 7), changes or
-# drops a key or an index by its name, and MySQL and SQLite would each make up another name.
-# These patterns name them alike on both. SQLAlchemy fills in each %(...)s (Python's older
-# string formatting): users' primary key is pk_users, its UNIQUE username uq_users_username;
-# ix_ and fk_ name exercise 3's index and foreign key. Set before the first table, so: here.
+# Names for the keys and indexes that create_all() makes: the users table's primary key is
+# pk_users, its UNIQUE username uq_users_username (SQLAlchemy fills in each %(...)s). Unnamed,
+# MySQL and SQLite would each make up a different name, and the files in migrations/, which
+# change tables that already hold rows (README: Changing the schema), name a key to change it.
+# ix_ and fk_: an index and a foreign key, as the exercises' second table, posts, has. A table
+# takes its names when its class is defined: so they come before the first one.
 names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
 names["ix"] = "ix_%(column_0_label)s"  # ix_posts_user_id (label: the table, then the column)
 names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
@@ -68,32 +67,29 @@ class UserTable(BaseModelClass):
     # "Ada" and "ada" are two usernames, as on SQLite. MySQL's default thinks them the same.
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-    # SQLAlchemy 2's Mapped[int] for the tutorial's 1.4 Column(Integer); keys, UNIQUE: indexed.
+    # SQLAlchemy 2's Mapped[int] for the tutorial's 1.4 Column(Integer). No index=True: the
+    # database indexes a primary key and a UNIQUE column by itself.
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(50), unique=True)
     email: Mapped[str] = mapped_column(String(120))
 
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
-def check_username(name: str) -> str:
-    # The rules are long, so they sit in part 3: username_rules(). The Username line below
-    # cannot name username_rules itself: it does not exist yet when Python runs that line. This
-    # body runs only when a request arrives, and by then it does. The rules: 1 to 50
-    # characters, no control or hidden ones, no space at either end, one spelling per name.
-    return username_rules(name)
-
-
-# Annotated[str, ...]: a str, with rules that Pydantic applies in order: at most 200 characters
-# as sent, a cheap first cut (a name may arrive longer than it is stored: "é" can come as "e"
-# plus an accent, two characters), then check_username().
-Username = Annotated[str, Field(max_length=200, examples=["ada"]), AfterValidator(check_username)]
-
-
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
-    username: Username
-    # EmailStr: a str that must be an e-mail address. `= Field(...)` is no default value: it adds
-    # a rule (the column's 120 characters) and an example for /docs.
+    # `= Field(...)` is no default value: it adds rules and an example for /docs. A username may
+    # be sent longer than it is stored ("é" as "e" plus an accent: 2 characters, stored as 1), so
+    # 200 is only a first cut of what is sent: check_username() below allows 50, once folded.
+    username: str = Field(max_length=200, examples=["ada"])
+    # EmailStr: a str that must be an e-mail address, of at most its column's 120 characters.
     email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
+
+    # Pydantic calls it with the username sent, once max_length passed, and keeps what it returns.
+    # The rules (1 to 50 characters, no hidden ones, one spelling per name) are long: they sit in
+    # part 3. Naming username_rules here is fine: it runs when a request comes, after part 3 ran.
+    @field_validator("username")
+    @classmethod
+    def check_username(cls, name: str) -> str:
+        return username_rules(name)
 
 
 class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows it
@@ -105,17 +101,21 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session, once per request: a route and the dependencies it takes share one
-# session, closed by part 3 (RequestWork) even after an error, as soon as the answer is built,
-# before it is sent. `async def` and `await`, here and in every route: while a query waits for the
-# database, the event loop serves others. A plain def cannot await: part 3 refuses one.
+# The tutorial's get_session makes a new Session at each call. Ours returns the request's own:
+# part 3 makes it at the first call, as AsyncSession(bind=db_engine), and closes it once the answer
+# is built, even after an error (so no `finally` here). One per request, whichever way a route or
+# a function it depends on asks for it (README, section 6). `async def` and `await`, here and in
+# every route: while a query waits for the database, the event loop serves others. A plain def
+# cannot await: part 3 refuses one.
 async def get_session():
-    session = await session_of_this_request()  # the tutorial's Session(bind=db_engine)
+    session = await session_of_this_request()
     yield session  # no `finally: session.close()` here: part 3 closes it, always
 
 
 # --- Section 5: the application -------------------------------------------------------------
-@asynccontextmanager  # the code before `yield` runs at startup, the code after it at shutdown
+# FastAPI calls lifespan(app) once, as the app starts; the code before `yield` runs then, the
+# code after it at shutdown. FastAPI wants it written this way, `async def` and the decorator.
+@asynccontextmanager
 async def lifespan(app: FastAPI):
     try:  # a startup that fails closes its connections too (an unclosed one warns, in async)
         await prepare_database()  # part 3: wait for the database, then create_tables()
@@ -141,7 +141,9 @@ async def create_tables():  # creates the tables that are missing, never changes
 
 
 # --- Section 8.2: create a user, approach A (the session comes from the dependency) ---------
-# 201 Created, for a new row. /docs also lists 400 (a body not UTF-8 text) and 409 (taken).
+# 201 Created, for a new row. `responses`: the other answers /docs lists for it, each with its
+# standard text ({}): 400, a body that is not UTF-8 text, and 409, a username already taken; part
+# 3 sends them. `-> UserOutput`: FastAPI checks the answer against UserOutput; /docs shows it.
 @app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
 async def create_user(
     user: UserInput,
@@ -156,13 +158,19 @@ async def create_user(
 
 
 # === Part 2: more CRUD =======================================================================
+from typing import Annotated
+
 from fastapi import HTTPException, Path, Query, Request, Response
-from pydantic import with_config
+from pydantic import AfterValidator, with_config
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]  # shorter to write, the same session
+# UserInput's rules as types, for a username or an e-mail address sent elsewhere: in UserPatch
+Username = Annotated[
+    str, Field(max_length=200, examples=["ada"]), AfterValidator(UserInput.check_username)
+]
 Email = Annotated[EmailStr, Field(max_length=120)]
 
 
@@ -668,6 +676,7 @@ async def prepare_database() -> None:  # at startup, which prepares again
 
 
 async def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+    # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
     if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
         raise RuntimeError(  # each connection would open a new, empty database of its own
             "DATABASE_URL names an in-memory SQLite database: give it a file instead,"

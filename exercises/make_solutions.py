@@ -61,7 +61,6 @@ def active_and_created_at(src: str) -> str:
         src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
     )
     src = add_import(src, "sqlalchemy", "DateTime", "func", "true")
-    src = add_import(src, "pydantic", "field_validator")
     src = after(
         src,
         "    email: Mapped[str] = mapped_column(String(120))\n",
