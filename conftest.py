@@ -51,9 +51,7 @@ def refuse_a_database_that_is_not_for_tests(url: str) -> str | None:
     ):  # fmt: skip
         return "it is the app's own DATABASE_URL, and pytest empties its database"
     if "test" not in (test_url.database or ""):
-        return (
-            f"its database, {test_url.database!r}, is not named for tests (README: tutorial_test)"
-        )
+        return f"its database, {test_url.database!r}, is not named for tests (README, section 2)"
     with create_engine(url).connect() as connection:
         theirs = set(inspect(connection).get_table_names()) - SUITE_TABLES
     if theirs:

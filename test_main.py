@@ -61,7 +61,7 @@ def test_unicode_username_round_trips_unchanged(client, rows, username):
 
 
 # Usernames are compared as text, not as code points: Unicode's NFKC folds the ways a keyboard
-# or an operating system may spell the same name (README: Usernames).
+# or an operating system may spell the same name (docs/usernames.md).
 NFC_JOSE, NFD_JOSE = "Jos\u00e9", "Jose\u0301"  # é as one code point, or e + a combining accent
 
 

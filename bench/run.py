@@ -109,7 +109,7 @@ def database_url_for_the_bench(url: str | None = None) -> str:
     they drop and refill its tables, so they refuse a database of the app's or of the tests'."""
     url = url or os.environ.get("BENCH_DATABASE_URL")
     if not url:
-        sys.exit("Set BENCH_DATABASE_URL to a MySQL database of its own (README: tutorial_bench).")
+        sys.exit("Set BENCH_DATABASE_URL to a MySQL database of its own: README, section 2.")
     with mysql_connect(url) as connection, connection.cursor() as cursor:
         cursor.execute("SHOW TABLES")
         tables = {name for (name,) in cursor.fetchall()}

@@ -290,3 +290,60 @@ def test_async_md_lists_exactly_the_test_files_that_run_on_both_apps():
         if runs_on_both_apps(path) and path.name not in ("test_async_twin.py", Path(__file__).name)
     }
     assert listed == running
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [*DOCS, ROOT / "bench/tutorial/README.md"],
+    ids=lambda path: str(path.relative_to(ROOT)),
+)
+def test_every_relative_link_leads_to_a_file(doc):
+    """A link is read from the folder of the file that holds it, as GitHub reads it."""
+    links = re.findall(r"\]\(([^)\s]+)\)", doc.read_text())
+    targets = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:|#", link)]
+    missing = [target for target in targets if not (doc.parent / target).exists()]
+    assert missing == [], f"{doc.relative_to(ROOT)} links to what is not there: {missing}"
+
+
+def readme_references():
+    """Each "README, section N" and "README: <heading>" in the project's files, where it is."""
+    files = subprocess.run(
+        ["git", "ls-files", "*.py", "*.md", "*.ini", "*.txt", ".env.example", ".ci/run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in set(files) - {"tests/test_docs_are_true.py"}:
+        text = (ROOT / name).read_text()
+        for match in re.finditer(r"README(?:, section (\d+)|: ([^).\n]+))", text):
+            line = text.count("\n", 0, match.start()) + 1
+            yield f"{name}:{line}", match.group(1), match.group(2)
+
+
+def test_every_readme_section_the_project_names_is_a_heading_of_the_readme():
+    headings = re.findall(r"^## (\d+)\. (.+)$", (ROOT / "README.md").read_text(), re.M)
+    numbers = {number for number, _ in headings}
+    wrong = [  # a title may leave out the heading's end: "Changing the schema (section 5.1...)"
+        f"{where}: README{', section ' + number if number else ': ' + title}"
+        for where, number, title in sorted(readme_references())
+        if (number not in numbers if number else not any(h.startswith(title) for _, h in headings))
+    ]
+    assert wrong == [], "no such section of the README: " + "; ".join(wrong)
+
+
+def test_the_cluster_against_one_server_comes_from_the_results_files():
+    # docs/deploying.md: the single app on the cluster (its table), against the run it cites
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    cluster = re.search(r"\| 1 app, node 1 \| (\d+) \| (\d+) \|", text).groups()
+    less = re.search(r"about\s+(\d+)% fewer creates and (\d+)% fewer reads", text).groups()
+    cited = re.search(r"the same day \((\d+) and (\d+) at 32\s+clients, \[`([^`]+)`", text)
+    results = (ROOT / cited.group(3)).read_text()
+    for route, one_server in zip(
+        ("POST /users/", "GET /users/{id}"), cited.groups()[:2], strict=True
+    ):
+        assert f"| 1 | 32 | this app | {route} | {one_server} |" in results
+    for on_cluster, one_server, percent in zip(cluster, cited.groups()[:2], less, strict=True):
+        assert round(100 * (1 - int(on_cluster) / int(one_server))) == int(percent)
+    galera = (ROOT / "bench" / "results-2026-11-26-galera.txt").read_text()
+    assert all(number in galera for number in cluster)

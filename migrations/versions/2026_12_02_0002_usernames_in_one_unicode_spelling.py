@@ -43,7 +43,7 @@ def upgrade() -> None:
             " usernames are the same text in Unicode (NFKC), so the"
             f" app can no longer tell them apart: {listed or 'none'}. Folded, these are longer"
             f" than 50 characters: {too_long or 'none'}. Rename all but one of each group (or"
-            " shorten), then run `alembic upgrade head` again (README: Usernames)."
+            " shorten), then run `alembic upgrade head` again (docs/usernames.md)."
         )
     for folded_name, [row] in by_folded_name.items():
         if row.username != folded_name:
