@@ -61,10 +61,12 @@ class UserTable(BaseModelClass):
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
-    # `= Field(...)` is no default value: it adds rules and an example for /docs. A username may
-    # be sent longer than it is stored ("é" as "e" plus an accent: 2 characters, stored as 1), so
+    # `= Field(...)` is no default value: it adds rules, and text for /docs. A username may be
+    # sent longer than it is stored ("é" as "e" plus an accent: 2 characters, stored as 1), so
     # 200 is only a first cut of what is sent: check_username() below allows 50, once folded.
-    username: str = Field(max_length=200, examples=["ada"])
+    username: str = Field(
+        max_length=200, description="1 to 50 characters (docs/usernames.md)", examples=["ada"]
+    )
     # EmailStr: a str that must be an e-mail address, of at most its column's 120 characters.
     email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
 
@@ -149,14 +151,16 @@ from sqlalchemy.orm.exc import StaleDataError
 from typing_extensions import TypedDict  # Pydantic needs this one on Python 3.11
 
 SessionDep = Annotated[Session, Depends(get_session)]  # shorter to write, the same session
-# UserInput's rules as types, for a username or an e-mail address sent elsewhere: in UserPatch
+# UserInput's fields as types, with its rules, for a username or an e-mail address sent elsewhere
 Username = Annotated[
-    str, Field(max_length=200, examples=["ada"]), AfterValidator(UserInput.check_username)
+    str, UserInput.model_fields["username"], AfterValidator(UserInput.check_username)
 ]
-Email = Annotated[EmailStr, Field(max_length=120)]
+Email = Annotated[EmailStr, UserInput.model_fields["email"]]
 
 
-@with_config(extra="forbid")  # a misspelt field is a 422, not a change silently left undone
+# extra="forbid": a misspelt field is a 422, not a change silently left undone. The example that
+# /docs fills in changes one field: the ones left out stay as they are.
+@with_config(extra="forbid", json_schema_extra={"examples": [{"email": "ada@example.org"}]})
 class UserPatch(TypedDict, total=False):  # a field may be left out, but not be null
     username: Username
     email: Email
@@ -164,6 +168,7 @@ class UserPatch(TypedDict, total=False):  # a field may be left out, but not be 
 
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the id column is a 32-bit INT
 not_found = {404: {"description": "User not found"}}
+link_header = {"description": 'The next page: `<...>; rel="next"`, none on the last', "schema": {}}
 
 
 def get_user_or_404(session: Session, user_id: int) -> UserTable:
@@ -173,7 +178,7 @@ def get_user_or_404(session: Session, user_id: int) -> UserTable:
     return user
 
 
-@app.get("/users/")
+@app.get("/users/", responses={200: {"headers": {"Link": link_header}}})
 def read_users(
     session: SessionDep,
     request: Request,
@@ -540,6 +545,11 @@ async def invalid_request(request: Request, error: RequestValidationError) -> Re
 async def livez() -> dict[str, str]:
     """The app runs. Never touches the database: a database blip must not restart the app."""
     return {"status": "alive"}
+
+
+for route in app.routes:  # / and /livez never use the database: /docs lists no 503 for them
+    if getattr(route, "endpoint", None) in (read_root, livez):
+        del route.responses[503]
 
 
 @app.get("/readyz", tags=["health"])
