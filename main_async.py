@@ -484,10 +484,15 @@ async def new_session() -> AsyncIterator[AsyncSession]:
 
 
 # --- One request, one session: opened at the first ask, closed before the answer is sent -----
-async def session_of_this_request() -> AsyncSession:  # in another app: mount main_async.app
-    if (work := this_request.get(None)) is None:  # its routes, included without its middleware
+async def session_of_this_request() -> AsyncSession:
+    if (work := this_request.get(None)) is None:  # a route of an app without our middleware
         mount = f'parent.mount("/api", {__name__}.app)'
-        raise RuntimeError(f"{__name__}.app's routes need its middleware: mount it, {mount}")
+        middleware = f"app.add_middleware({__name__}.one_session_per_request)"
+        raise RuntimeError(
+            f"The session needs {__name__}.one_session_per_request, which this app lacks. For"
+            f" {__name__}.app's routes in a bigger app: {mount}; for a route of your own app:"
+            f" {middleware}."
+        )
     return await work.open_session()
 
 
@@ -536,7 +541,8 @@ class RequestWork:
             if message["type"] != "http.request" or not self.can_run_again:
                 return message
             self.kept.append(message)  # over the app's limit, Starlette refuses a second run
-            self.can_run_again = sum(len(part["body"]) for part in self.kept) <= app.max_body_size
+            limit = app.max_body_size or float("inf")  # None: FastAPI's default, no limit
+            self.can_run_again = sum(len(part["body"]) for part in self.kept) <= limit
         self.delivered += 1
         return self.kept[self.delivered - 1]
 

@@ -12,8 +12,16 @@ config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
+
+def include_object(item: object, name: str, kind: str, reflected: bool, compare_to: object) -> bool:
+    """A table the models do not declare (yours, in a module this file does not import) is left
+    out: autogenerate would drop it, with its rows. To drop a table, write op.drop_table()."""
+    return not (kind == "table" and reflected and compare_to is None)
+
+
 OPTIONS = {
     "target_metadata": main.BaseModelClass.metadata,  # what autogenerate compares against
+    "include_object": include_object,
     # SQLite cannot change a column in place: "batch" operations copy the table instead. They
     # work on MySQL too, so one revision file serves both.
     "render_as_batch": True,

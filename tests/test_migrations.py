@@ -291,3 +291,18 @@ def test_the_readmes_backup_line_restores_the_rows_a_downgrade_drops(
     print(f"\nrows before {before}, after the restore {users_table(mysql_engine)}")
     assert users_table(mysql_engine) == before and len(before) == 2
     assert version(mysql_engine) == HEAD
+
+
+def test_alembic_never_drops_a_table_the_models_do_not_declare(engine):
+    # A table of the learner's own, declared in a module that migrations/env.py does not import
+    alembic(engine, "upgrade", "head")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, text VARCHAR(50))"))
+        connection.execute(text("INSERT INTO notes VALUES (1, 'keep me')"))
+    try:
+        alembic(engine, "check")  # autogenerate would write op.drop_table("notes")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT text FROM notes")).all() == [("keep me",)]
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE notes"))

@@ -89,6 +89,31 @@ def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(tables):
         client.get("/users/")
 
 
+def bigger_app(*middleware) -> FastAPI:
+    """An app of the learner's own: main.app mounted, and a route that takes main's session."""
+    parent = FastAPI()
+    for one in middleware:
+        parent.add_middleware(one)
+    parent.mount("/api", main.app)
+
+    @parent.get("/stats")
+    def stats(session: main.SessionDep) -> dict[str, int]:
+        return {"users": len(session.scalars(main.select(main.UserTable)).all())}
+
+    return parent
+
+
+def test_a_bigger_apps_own_route_that_takes_the_session_says_to_add_the_middleware(tables, rows):
+    fix = r"app\.add_middleware\(main\.one_session_per_request\)"
+    with TestClient(bigger_app()) as client, pytest.raises(RuntimeError, match=fix):
+        client.get("/stats")
+    with TestClient(bigger_app(main.one_session_per_request)) as client:  # what it says
+        assert client.post("/api/users/", json=ADA).status_code == 201
+        assert client.post("/api/users/", json=ADA).status_code == 409
+        assert client.get("/stats").json() == {"users": 1}
+    assert [row[1] for row in rows()] == ["ada"]
+
+
 def test_testclient_without_with_answers(tables, rows):
     client = TestClient(main.app)  # the pattern of FastAPI's testing tutorial
     created = client.post("/users/", json=ADA)

@@ -86,3 +86,11 @@ def test_far_more_concurrent_requests_than_connections_all_succeed(mysql_engine,
         with ThreadPoolExecutor(max_workers=64) as pool:
             statuses = list(pool.map(one, range(400)))
     assert sorted(set(statuses)) == [200, 201]
+
+
+def test_an_app_without_a_body_limit_still_answers(app_module, client, rows, monkeypatch):
+    # A project that lifts part 3 into its own app, whose max_body_size is FastAPI's default
+    monkeypatch.setattr(app_module.app, "max_body_size", None)
+    response = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
+    assert response.status_code == 201, response.text
+    assert [row[1] for row in rows()] == ["ada"]
