@@ -228,6 +228,28 @@ def signup_answered(
 ) -> dict:
     session.add(UserTable(username=user.username, email=user.email))
     return {"saved": True}
+
+
+def get_audited(session: SessionDep):  # a write of its own after the route
+    yield session
+    session.add(UserTable(username="audit", email="audit@example.com"))
+    session.commit()
+
+
+@app.post("/learner/signup-audited", status_code=201)
+def signup_audited(
+    user: UserInput, session: Session = Depends(get_audited, scope="function")
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    session.commit()
+    return {"saved": True}
+
+
+@app.post("/learner/signup-audited-late", status_code=201)
+def signup_audited_late(user: UserInput, session: Session = Depends(get_audited)) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    session.commit()
+    return {"saved": True}
 """
 
 
@@ -252,6 +274,23 @@ def test_a_commit_after_yield_in_function_scope_answers_a_taken_username_409(lea
     assert first.status_code == 201, first.text
     assert again.status_code == 409 and again.json() == {"detail": "Username already taken"}
     assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+
+
+def test_a_dependency_that_writes_after_yield_in_function_scope_keeps_its_row(learner_app, rows):
+    app = learner_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client:
+        created = client.post("/learner/signup-audited", json=ADA)
+    assert created.status_code == 201, created.text
+    assert [row[1] for row in rows()] == ["ada", "audit"]
+
+
+def test_a_dependency_that_writes_after_yield_once_the_answer_is_sent_fails_loudly(
+    learner_app, rows
+):
+    app = learner_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client, pytest.raises(exc.InvalidRequestError, match="closed"):
+        client.post("/learner/signup-audited-late", json=ADA)  # the server's error, re-raised
+    assert [row[1] for row in rows()] == ["ada"]  # the README says: scope="function"
 
 
 # --- 2. A streamed answer, and a background task handed the session ---------------------------

@@ -1,8 +1,12 @@
 """The README's examples are run, so the README cannot drift from the code."""
 
+import importlib.util
 import re
 import shlex
 import subprocess
+
+from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from conftest import emptied, url_of
 from tests.support import ROOT, UvicornServer
@@ -52,3 +56,24 @@ def test_readme_shows_the_sql_that_ci_runs():
     statements = [line for line in script.splitlines() if line and not line.startswith("--")]
     [shown] = re.findall(r"```sql\n(.*?)```", README, re.S)
     assert [line.strip() for line in shown.strip().splitlines()] == statements
+
+
+def test_readmes_approach_b_runs_in_place_of_part_1s_create_user(engine, tmp_path, monkeypatch):
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "SessionLocal" in b]
+    source = (ROOT / "main.py").read_text()
+    start = source.index('@app.post("/users/", status_code=status.HTTP_201_CREATED')
+    end = source.index("\n\n\n# === Part 2")
+    (tmp_path / "main.py").write_text(source[:start] + block + source[end:])
+    monkeypatch.setenv("DATABASE_URL", url_of(engine))
+    spec = importlib.util.spec_from_file_location("approach_b_main", tmp_path / "main.py")
+    approach_b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(approach_b)
+    monkeypatch.setattr(approach_b, "db_engine", engine)  # as the tests swap it, after import
+    approach_b.guard_engine(engine)
+    with TestClient(approach_b.app) as client:
+        created = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
+        again = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
+    assert created.status_code == 201, created.text
+    assert again.status_code == 409, again.text
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]
