@@ -74,7 +74,7 @@ class UserInput(BaseModel):  # each field required; a wrong one is answered 422,
     # The rules (1 to 50 characters, no hidden ones, one spelling per name) are long: they sit in
     # part 3. Naming username_rules here is fine: it runs when a request comes, after part 3 ran.
     @field_validator("username")
-    @classmethod
+    @classmethod  # Pydantic's rule: it checks values before any UserInput exists, so no self
     def check_username(cls, name: str) -> str:
         return username_rules(name)
 
