@@ -486,12 +486,10 @@ async def new_session() -> AsyncIterator[AsyncSession]:
 # --- One request, one session: opened at the first ask, closed before the answer is sent -----
 async def session_of_this_request() -> AsyncSession:
     if (work := this_request.get(None)) is None:  # a route of an app without our middleware
-        mount = f'parent.mount("/api", {__name__}.app)'
-        middleware = f"app.add_middleware({__name__}.one_session_per_request)"
+        mount = f'parent.mount("/api", {__name__}.app)'  # its routes, in a bigger app
+        add = f"app.add_middleware({__name__}.one_session_per_request)"  # a route of your app
         raise RuntimeError(
-            f"The session needs {__name__}.one_session_per_request, which this app lacks. For"
-            f" {__name__}.app's routes in a bigger app: {mount}; for a route of your own app:"
-            f" {middleware}."
+            f"The session needs our middleware, which this app lacks: {mount} or {add}"
         )
     return await work.open_session()
 

@@ -69,7 +69,6 @@ def test_readmes_approach_b_runs_in_place_of_part_1s_create_user(engine, tmp_pat
     approach_b = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(approach_b)
     monkeypatch.setattr(approach_b, "db_engine", engine)  # as the tests swap it, after import
-    approach_b.guard_engine(engine)
     with TestClient(approach_b.app) as client:
         created = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
         again = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
