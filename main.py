@@ -253,7 +253,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
 from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -265,13 +265,13 @@ app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs
 app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
-# connections, shutting down, Galera without quorum. Busy: a deadlock, a lock, a long statement,
-# a statement an operator stopped (KILL QUERY).
-UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180, "SQLITE_CANTOPEN"}
+# connections, shutting down, Galera without quorum, and a login or a name that startup refuses
+# at once. Busy: a deadlock, a lock, a long statement, a statement an operator stopped (KILL QUERY).
+REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
+UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180} | REFUSED_AT_ONCE
 BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
-REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
 this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
 
@@ -446,8 +446,8 @@ class RequestWork:
             message = await self.from_client()
             if message["type"] != "http.request" or not self.can_run_again:
                 return message
-            self.kept.append(message)  # over the app's limit, Starlette refuses a second run
-            limit = app.max_body_size or float("inf")  # None: FastAPI's default, no limit
+            self.kept.append(message)  # for a second run: at most the app's limit, and 1 MiB
+            limit = min(app.max_body_size or 2**20, 2**20)  # a larger upload is never run again
             self.can_run_again = sum(len(part["body"]) for part in self.kept) <= limit
         self.delivered += 1
         return self.kept[self.delivered - 1]
@@ -553,7 +553,7 @@ async def livez() -> dict[str, str]:
 
 for route in app.routes:  # / and /livez never use the database: /docs lists no 503 for them
     if getattr(route, "endpoint", None) in (read_root, livez):
-        del route.responses[503]
+        route.responses.pop(503, None)  # None: no 503 there (part 3 pasted in your app)
 
 
 @app.get("/readyz", tags=["health"])
@@ -573,7 +573,6 @@ preparing = threading.Lock()  # concurrent first requests: one prepares, the oth
 
 def prepare_database() -> None:  # at startup, which prepares again
     url = db_engine.url.render_as_string(hide_password=True)
-    logger.info("Database: %s", url)
     prepared_engines.discard(db_engine)
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while db_engine not in prepared_engines:  # workers starting together may also meet here
@@ -613,8 +612,9 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                 with db_engine.begin() as connection:
                     context = MigrationContext.configure(connection)
                     context.stamp(ScriptDirectory(str(MIGRATIONS)), "head")
-        http_routes = [route for route in app.routes if isinstance(route, APIRoute)]
-        for route in http_routes:  # a WebSocket can only be async def: README, section 6
+        for route in iter_route_contexts(app.routes):  # an included APIRouter's routes too
+            if not isinstance(route.original_route, APIRoute):  # a WebSocket is async def only
+                continue
             for name in async_defs_taking_the_session(route.dependant):
                 logger.warning(
                     "%s %s: %s() is an async def that takes the session: while its SQL waits,"
@@ -624,6 +624,7 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                     name,
                 )
         prepared_engines.add(db_engine)
+        logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
     finally:
         preparing.release()
 

@@ -8,6 +8,7 @@ no lifespan, so the app also prepares its tables at first use, as when mounted);
 
 import asyncio
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -233,10 +234,27 @@ async def read_first(user: UserTable = Depends(users.first)) -> dict:
 """
 
 
+IN_A_ROUTER = """
+
+# --- Added by a learner: a plain def route in a router, as bigger apps group them -----------
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/learner")
+
+
+@router.get("/count")
+def count_users(session: SessionDep) -> dict:
+    return {"users": len(list(session.scalars(select(UserTable))))}
+
+
+app.include_router(router)
+"""
+
+
 @pytest.mark.parametrize(
     "code",
-    [PLAIN_DEF, PLAIN_DEF_DEPENDENCY, TUTORIALS_SPELLING, NO_ANNOTATION, A_METHOD],
-    ids=["route", "dependency", "tutorials-spelling", "no-annotation", "a-method"],
+    [PLAIN_DEF, PLAIN_DEF_DEPENDENCY, TUTORIALS_SPELLING, NO_ANNOTATION, A_METHOD, IN_A_ROUTER],
+    ids=["route", "dependency", "tutorials-spelling", "no-annotation", "a-method", "in-a-router"],
 )
 def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(twin_app, code):
     app = twin_app(code)
@@ -611,7 +629,8 @@ def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(twin_app):
         client.get("/users/")
 
 
-def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_app, rows):
+def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_app, rows, caplog):
+    caplog.set_level(logging.INFO, "uvicorn.error")
     app = twin_app()
     outer = FastAPI()
     outer.mount("/api", app.app)
@@ -621,6 +640,8 @@ def test_mounted_without_its_lifespan_it_prepares_its_tables_at_first_use(twin_a
         client.portal.call(app.db_engine.dispose)  # no lifespan of its own: on its event loop
     assert created.status_code == 201 and ready.json() == {"status": "ready"}
     assert rows() == [(created.json()["id"], "ada", "ada@example.com")]
+    url = app.db_engine.url.render_as_string(hide_password=True)  # which database, as at startup
+    assert [r.getMessage() for r in caplog.records].count(f"Database: {url}") == 1
 
 
 @pytest.mark.parametrize("engine", ["mysql"], indirect=True)

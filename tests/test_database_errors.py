@@ -448,3 +448,19 @@ def test_a_connection_lost_as_a_read_closes_still_answers_the_read(engine, clien
     assert (read.status_code, read.json()) == (200, user)
     assert again.status_code == 200
     assert checked_out == 0
+
+
+def test_a_database_that_refuses_the_app_at_runtime_answers_503_unavailable(
+    engine, client, monkeypatch, caplog
+):
+    # The app ran, then its login was refused: a password changed (MySQL), a file gone out of
+    # reach (SQLite). Startup would stop on it; a running or mounted app answers 503 and logs why.
+    if engine.dialect.name == "mysql":
+        refused, cause = engine.url.set(password="not-the-password"), "Access denied"
+    else:
+        refused, cause = "sqlite:////no-such-folder/app.db", "unable to open database file"
+    monkeypatch.setattr(main, "db_engine", create_engine(refused))
+    response = client.get("/users/")
+    assert (response.status_code, response.json()) == (503, {"detail": "Database unavailable"})
+    assert response.headers["Retry-After"] == "5"
+    assert cause in caplog.text

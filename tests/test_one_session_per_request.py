@@ -4,6 +4,7 @@ Each case is a learner's next step past the tutorial, written the way FastAPI's 
 appended to a copy of main.py (conftest.py's `learner_app`, or a real `uvicorn main:app` where a
 real client has to go away). Before the fix each one escaped the turns or deadlocked on them."""
 
+import logging
 import re
 import threading
 import time
@@ -547,7 +548,10 @@ def test_a_database_error_in_a_websocket_closes_it_with_1011_and_logs_why(
 
 
 # --- 5. Mounted in a bigger app, on a fresh database -------------------------------------------
-def test_mounted_on_a_fresh_database_the_tables_are_made_at_first_use(learner_app, engine, rows):
+def test_mounted_on_a_fresh_database_the_tables_are_made_at_first_use(
+    learner_app, engine, rows, caplog
+):
+    caplog.set_level(logging.INFO, "uvicorn.error")
     app = learner_app()
     parent = FastAPI()
     parent.mount("/api", app.app)  # FastAPI's "Sub Applications": the sub-app's lifespan never runs
@@ -559,6 +563,8 @@ def test_mounted_on_a_fresh_database_the_tables_are_made_at_first_use(learner_ap
     print(f"\n{engine.dialect.name}: 8 first requests: {Counter(r.status_code for r in created)}")
     assert [response.status_code for response in created] == [201] * 8
     assert ready.status_code == 200 and len(rows()) == 8
+    url = engine.url.render_as_string(hide_password=True)  # which database, said once
+    assert [r.getMessage() for r in caplog.records].count(f"Database: {url}") == 1
 
 
 @pytest.mark.parametrize("engine", ["mysql"], indirect=True)
@@ -612,6 +618,19 @@ async def first_user_async(session: SessionDep) -> UserTable:  # a dependency: t
 @app.get("/learner/first")
 def read_first_user(user: UserTable = Depends(first_user_async)) -> dict:
     return {"username": user.username}
+
+
+from fastapi import APIRouter  # noqa: E402
+
+router = APIRouter(prefix="/learner/grouped")  # routes grouped, as bigger apps do
+
+
+@router.get("/{user_id}")
+async def read_grouped_user(user_id: int, session: SessionDep) -> UserOutput:
+    return UserOutput.model_validate(session.get(UserTable, user_id))
+
+
+app.include_router(router)
 """
 
 
@@ -621,9 +640,10 @@ def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine,
         pass
     warnings = [line for line in server.lines if "async def" in line]
     print(f"\n{engine.dialect.name}: {warnings}")
-    assert len(warnings) == 2, server.lines  # the WebSockets and the def routes are fine
+    assert len(warnings) == 3, server.lines  # the WebSockets and the def routes are fine
     assert "/learner/async-users/{user_id}" in warnings[0] and "read_user_async" in warnings[0]
     assert "/learner/first" in warnings[1] and "first_user_async" in warnings[1]
+    assert "/learner/grouped/{user_id}" in warnings[2] and "read_grouped_user" in warnings[2]
     assert all(warning.startswith("WARNING") for warning in warnings)
 
 

@@ -2,10 +2,14 @@
 The two cases on a server run on main.py and on its async twin (issue 32)."""
 
 import asyncio
+import importlib
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import httpx2
+import pytest
 from sqlalchemy import event
 
 from conftest import url_of
@@ -94,3 +98,41 @@ def test_an_app_without_a_body_limit_still_answers(app_module, client, rows, mon
     response = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
     assert response.status_code == 201, response.text
     assert [row[1] for row in rows()] == ["ada"]
+
+
+@pytest.mark.parametrize("app_name", ["main", "main_async"])
+def test_an_upload_without_a_body_limit_is_not_held_in_memory(app_name, monkeypatch):
+    # The middleware keeps a body for a second run (a deadlock), but not a large upload's: with
+    # FastAPI's default, no limit, a 32 MiB body must pass through, not pile up in memory.
+    module = importlib.import_module(app_name)
+    monkeypatch.setattr(module.app, "max_body_size", None)
+    chunk, chunks, received, sent = 64 * 1024, 512, 0, 0
+
+    async def upload_route(scope, receive, send) -> None:  # reads the body, keeps none of it
+        nonlocal received
+        more_body = True
+        while more_body:
+            message = await receive()
+            received += len(message["body"])
+            more_body = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def from_client() -> dict:  # a chunk at a time, as a client sends a file
+        nonlocal sent
+        sent += 1
+        return {"type": "http.request", "body": bytes(chunk), "more_body": sent < chunks}
+
+    async def to_client(message: dict) -> None:
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/upload", "headers": []}
+    tracemalloc.start()
+    try:
+        anyio.run(module.one_session_per_request(upload_route), scope, from_client, to_client)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"\n{app_name}: {received / 2**20:.0f} MiB passed, peak {peak / 2**20:.1f} MiB traced")
+    assert received == chunk * chunks
+    assert peak < 4 * 2**20
