@@ -260,7 +260,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
-app.max_body_size = 64 * 1024  # a user is a few hundred bytes: a larger body is refused unread
+# A user is a few hundred bytes: a larger body is refused unread (413). A route of yours that
+# takes files sets its own: @app.post(..., max_body_size=10 * 2**20).
+app.max_body_size = 64 * 1024
 app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs shows these
 app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
@@ -617,8 +619,9 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                 continue
             for name in async_defs_taking_the_session(route.dependant):
                 logger.warning(
-                    "%s %s: %s() is an async def that takes the session: while its SQL waits,"
-                    " no other request moves. Make it a plain def (README, section 6).",
+                    "%s %s: %s() is an async def that takes the session: while SQL it runs"
+                    " itself waits (not in run_in_threadpool), no other request moves. Make it"
+                    " a plain def (README, section 6).",
                     ",".join(sorted(route.methods)),
                     route.path,
                     name,

@@ -278,7 +278,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
-app.max_body_size = 64 * 1024  # a user is a few hundred bytes: a larger body is refused unread
+# A user is a few hundred bytes: a larger body is refused unread (413). A route of yours that
+# takes files sets its own: @app.post(..., max_body_size=10 * 2**20).
+app.max_body_size = 64 * 1024
 app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs shows these
 app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import httpx2
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from conftest import url_of
@@ -136,3 +137,21 @@ def test_an_upload_without_a_body_limit_is_not_held_in_memory(app_name, monkeypa
     print(f"\n{app_name}: {received / 2**20:.0f} MiB passed, peak {peak / 2**20:.1f} MiB traced")
     assert received == chunk * chunks
     assert peak < 4 * 2**20
+
+
+UPLOAD_ROUTE = """
+
+# --- Added by a learner: a route that takes files, larger than the app's 64 KiB --------------
+@app.post("/learner/upload", max_body_size=2**20)
+async def upload(request: Request) -> dict:
+    return {"bytes": len(await request.body())}
+"""
+
+
+def test_a_route_of_yours_can_take_a_body_larger_than_the_apps_limit(learner_app):
+    app = learner_app(UPLOAD_ROUTE)  # as main.py's comment on max_body_size says
+    with TestClient(app.app) as client:
+        uploaded = client.post("/learner/upload", content=bytes(200 * 1024))
+        elsewhere = client.post("/users/", content=bytes(200 * 1024))
+    assert (uploaded.status_code, uploaded.json()) == (200, {"bytes": 200 * 1024})
+    assert elsewhere.status_code == 413
