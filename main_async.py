@@ -269,11 +269,11 @@ from fastapi.dependencies.models import Dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -612,7 +612,7 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     # A taken username: the unique index decides, not a SELECT first, which races would pass.
     conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
     if conflict and "username" in cause[-20:]:
-        return JSONResponse({"detail": "Username already taken"}, status.HTTP_409_CONFLICT)
+        return the_apps_answer_to(HTTPException(status.HTTP_409_CONFLICT, "Username already taken"))
     if conflict:  # another rule: a bug, logged
         status_code, detail = 409, "Conflicts with existing data"
     elif (code in BUSY_CODES and not committed) or isinstance(error, exc.TimeoutError):
@@ -625,7 +625,17 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     logger.error("Database error on %s, answered %s %s: %s", work.where, status_code, detail, cause)
     retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
     headers = {"Retry-After": retry_after} if retry_after else None
-    return JSONResponse({"detail": detail}, status_code, headers=headers)
+    return the_apps_answer_to(HTTPException(status_code, detail, headers=headers))
+
+
+def the_apps_answer_to(error: HTTPException) -> ASGIApp:
+    """What the app's handler for HTTPException answers, as for a route's own: FastAPI's, a
+    {"detail": ...}, or yours (@app.exception_handler), so that every error has one shape."""
+
+    async def raise_it(scope: Scope, receive: Receive, send: Send) -> None:
+        raise error
+
+    return ExceptionMiddleware(raise_it, handlers=app.exception_handlers)
 
 
 # --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), or nested too deep --------

@@ -222,3 +222,28 @@ def test_a_deadlock_on_a_form_route_runs_it_again_or_answers_busy(mysql_engine, 
     else:
         assert answers == [(201, None), (409, "Username already taken")]
         assert server.count("running it again") == 1
+
+
+# --- A handler of the learner's own for HTTPException -------------------------------------------
+PLAIN_TEXT_ERRORS = """
+
+# --- Added by a learner: errors as plain text, as FastAPI's "Handling Errors" page shows ------
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+@app.exception_handler(StarletteHTTPException)
+async def plain_text_errors(request, error):
+    return PlainTextResponse(f"Error: {error.detail}", status_code=error.status_code)
+"""
+
+
+def test_the_learners_own_httpexception_handler_shapes_the_apps_409_too(learner_app, rows):
+    app = learner_app(PLAIN_TEXT_ERRORS)
+    with TestClient(app.app) as client:
+        client.post("/users/", json=ADA)
+        taken = client.post("/users/", json=ADA)  # answered by part 3, not by a route
+        missing = client.get("/users/999999")  # a route's own HTTPException
+    assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
+    assert (missing.status_code, missing.text) == (404, "Error: User not found")
+    assert [row[1] for row in rows()] == ["ada"]
