@@ -17,8 +17,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database, in all, before its answer is 503 (Service
-    # Unavailable: try again). From 4 (less would leave a query too little time) to 3600 (an hour).
+    # Seconds that bound each wait for the database (a free connection, an answer) at half of it,
+    # before the answer is 503 (Service Unavailable: try again). From 4 (less would leave a query
+    # too little time) to 3600 (an hour).
     db_timeout: float = Field(default=10, ge=4, le=3600)
 
 

@@ -19,8 +19,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database, in all, before its answer is 503 (Service
-    # Unavailable: try again). From 4 (less would leave a query too little time) to 3600 (an hour).
+    # Seconds that bound each wait for the database (a free connection, an answer) at half of it,
+    # before the answer is 503 (Service Unavailable: try again). From 4 (less would leave a query
+    # too little time) to 3600 (an hour).
     db_timeout: float = Field(default=10, ge=4, le=3600)
 
 
@@ -251,7 +252,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import pathlib
 import time
 import unicodedata
@@ -687,8 +687,8 @@ async def prepare_database() -> None:  # at startup, which prepares again
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
             why = error.orig  # aiomysql keeps the system's reason (refused, no route) apart
-            if isinstance(reason := why.__cause__, OSError) and reason.errno:
-                why = f"{why} ({os.strerror(reason.errno)})"
+            if isinstance(reason := why.__cause__, OSError) and reason.strerror:
+                why = f"{why} ({reason.strerror})"  # Connection refused, Name or service not known
             if refused or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {why}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None

@@ -69,6 +69,21 @@ def test_a_database_that_never_comes_up_stops_the_app_within_25_seconds(mysql_en
     assert len(tries) >= 4
 
 
+def test_a_host_name_that_does_not_resolve_is_named_as_such_while_the_app_waits(
+    mysql_engine, app_folder
+):
+    url = mysql_engine.url.set(host="db.invalid")  # .invalid never resolves (RFC 2606)
+    server = UvicornServer(url.render_as_string(hide_password=False), cwd=app_folder)
+    deadline = time.monotonic() + 10
+    while not server.count("not ready") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.process.kill()  # the first try says it; the others, for 15 s, would say it again
+    server.stop()
+    [line, *_] = [line for line in server.lines if "not ready" in line]
+    print(f"\n{line}")
+    assert "not known" in line, line  # glibc: "Name or service not known"
+
+
 def test_an_app_started_before_its_database_waits_for_it_and_serves(
     mysql_engine, make_proxy, app_folder
 ):
