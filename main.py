@@ -544,16 +544,17 @@ def the_apps_answer_to(error: HTTPException) -> ASGIApp:
     return ExceptionMiddleware(raise_it, handlers=app.exception_handlers)
 
 
-# --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), or nested too deep --------
+# --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), NaN, or nested too deep ---
 @app.exception_handler(RequestValidationError)
 async def invalid_request(request: Request, error: RequestValidationError) -> Response:
     try:  # FastAPI's own 422, which shows each wrong value as sent, in UTF-8
         return await request_validation_exception_handler(request, error)
     except UnicodeEncodeError:  # no UTF-8 for half a pair: the same 422, escaped as JSON allows
         body = json.dumps({"detail": jsonable_encoder(error.errors())})
-    except RecursionError:  # a value nested deeper than Python recurses (3.13 parses it): the
-        errors = [{**mistake, "input": "(nested too deep to show)"} for mistake in error.errors()]
-        body = json.dumps({"detail": jsonable_encoder(errors)})  # same 422, without the value
+    except (RecursionError, ValueError):  # a value nested deeper than Python recurses (3.13
+        # parses it), or NaN or Infinity, which JSON cannot write: the same 422, without the value
+        errors = [{**mistake, "input": "(not shown)"} for mistake in error.errors()]
+        body = json.dumps({"detail": jsonable_encoder(errors)})
     return Response(body, status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
 
 

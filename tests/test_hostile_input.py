@@ -96,6 +96,26 @@ def test_half_a_utf16_pair_in_a_field_returns_422_naming_it(
     assert rows() == []
 
 
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/users/", '{"username": NaN, "email": "a@example.com"}'),
+        ("POST", "/users/", '{"username": "ada", "email": Infinity}'),
+        ("POST", "/users/", "-Infinity"),
+        ("POST", "/users/", "1e999"),  # a number too large for a float: Python reads it as inf
+        ("PATCH", "/users/1", '{"username": NaN}'),
+    ],
+)
+def test_a_number_json_cannot_send_back_returns_422(client, rows, method, path, body):
+    # Python's JSON reads NaN and Infinity, which JSON has no way to write: the 422 that echoes
+    # them must still be sent.
+    headers = {"content-type": "application/json"}
+    response = client.request(method, path, content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+    assert rows() == []
+
+
 def test_deeply_nested_json_returns_4xx(client, rows):
     body = "[" * 100_000 + "]" * 100_000
     response = client.post("/users/", content=body, headers={"content-type": "application/json"})
