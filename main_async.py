@@ -356,6 +356,12 @@ def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' t
             connection = dialect.connect(*args, **options)
             connection.cursor().execute("PRAGMA foreign_keys = ON")  # obeyed only if asked
             return connection
+        if "ssl" in options:  # ssl_ca=... in DATABASE_URL: aiomysql, on a server without TLS,
+            # would go on in plain text, where PyMySQL refuses: so the twin refuses the URL
+            raise RuntimeError(
+                "DATABASE_URL asks for TLS (ssl_...), which main_async.py's driver cannot promise:"
+                " it would talk to a server without TLS in plain text. Use main.py for it."
+            )
         options["connect_timeout"] = WAIT_SECONDS  # its only timeout: the bound covers the rest
         # The server ends a lock wait or a statement a second before we give up (503 busy, and
         # nothing of ours keeps running). /*M! is read by MariaDB only, /*!50708 by MySQL only.

@@ -176,6 +176,25 @@ def test_each_mysql_url_form_reaches_the_server(mysql_engine, driver):
     assert asyncio.run(select_one()) == 1
 
 
+def test_tls_options_in_the_url_stop_the_twin_saying_why(mysql_engine):
+    # PyMySQL (main.py) refuses a server without TLS when the URL asks for it; the twin's drivers
+    # would go on in plain text there (aiomysql), or fail obscurely where TLS is offered.
+    url = make_url(url_of(mysql_engine)).update_query_dict({"ssl_ca": "/etc/ssl/certs/ca.pem"})
+
+    async def connect() -> None:
+        engine = twin_engine(url)
+        try:
+            async with engine.connect():
+                pass
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(RuntimeError, match="TLS") as stopped:
+        asyncio.run(connect())
+    print(f"\n{stopped.value}")
+    assert "main.py" in str(stopped.value)
+
+
 # --- A learner's plain def, which cannot await the session ---------------------------------
 PLAIN_DEF = """
 

@@ -85,6 +85,7 @@ NOT_PYTHON = {
     "timeoutSeconds": "a Kubernetes probe's setting, in the YAML of docs/deploying.md",
     "evs.suspect_timeout": "a Galera provider option the cluster runs with by default",
     "auto_increment_increment": "a MySQL server variable that Galera sets on each node",
+    "auto_increment_offset": "another, which Galera sets to each node's own place",
 }
 
 
