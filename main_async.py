@@ -300,6 +300,11 @@ closer_of_this_loop: RunVar[AsyncIterator[None]] = RunVar("closer")  # see close
 
 # --- Usernames (docs/usernames.md): the rules check_username() applies, for a new name or a change
 JOINERS = "\u200c\u200d"  # invisible, but emoji and some scripts need them: 👩\u200d💻 is one
+# Invisible too, though not Cf (Unicode's other "default ignorable" characters, which PRECIS, RFC
+# 8264, refuses as well): a grapheme joiner, Hangul fillers (NFKC makes U+3164 one), variation
+# selectors (U+FE0F, which asks for an emoji's colour form, too).
+IGNORABLE = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, *range(0x180B, 0x1810), *range(0xFE00, 0xFE10)}
+IGNORABLE |= set(range(0xE0100, 0xE01F0))  # the supplement's variation selectors
 
 
 def username_rules(name: str) -> str:
@@ -307,7 +312,8 @@ def username_rules(name: str) -> str:
     accent, ﬁ or fi, are one name), if it is a name; else a ValueError, which is answered 422."""
     name = unicodedata.normalize("NFKC", name)
     kinds = {c: unicodedata.category(c) for c in name}  # Cc: control, Cf: invisible
-    hidden = [f"U+{ord(c):04X}" for c, kind in kinds.items() if kind == "Cf" and c not in JOINERS]
+    invisible = [c for c, kind in kinds.items() if kind == "Cf" or ord(c) in IGNORABLE]
+    hidden = [f"U+{ord(c):04X}" for c in invisible if c not in JOINERS]
     if hidden:
         raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
     if any(kind in ("Cc", "Zl", "Zp") for kind in kinds.values()):  # Zl, Zp: line breaks too

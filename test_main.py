@@ -112,7 +112,7 @@ def test_a_username_far_over_the_limit_is_refused_before_it_is_folded(client):
 
 @pytest.mark.parametrize(
     "character",
-    ["\u200b", "\u202e", "\u2066", "\ufeff", "\u200e", "\u00ad"],
+    ["\u200b", "\u202e", "\u2066", "\ufeff", "\u200e", "\u00ad", "\ufe0f", "\u034f", "\u115f"],
     ids=[
         "zero-width space",
         "right-to-left override",
@@ -120,6 +120,9 @@ def test_a_username_far_over_the_limit_is_refused_before_it_is_folded(client):
         "byte order mark",
         "left-to-right mark",
         "soft hyphen",
+        "variation selector",
+        "combining grapheme joiner",
+        "hangul filler",
     ],
 )
 def test_an_invisible_or_direction_changing_character_is_refused(client, rows, character):
