@@ -19,9 +19,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds that bound each wait for the database (a free connection, an answer) at half of it,
-    # before the answer is 503 (Service Unavailable: try again). From 4 (less would leave a query
-    # too little time) to 3600 (an hour).
+    # Seconds a request may wait for the database: a wait for a free connection, or for one of
+    # the database's answers, ends after half of it, with the answer 503 (Service Unavailable:
+    # try again). From 4 (less would leave a query too little time) to 3600 (an hour).
     db_timeout: float = Field(default=10, ge=4, le=3600)
 
 
@@ -41,7 +41,8 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
 db_engine = create_async_engine(
     async_url(DB_URL),
     # The kind of pool the next two settings are for: it keeps pool_size connections open, and a
-    # request waits for a free one at most pool_timeout. Named, so that any DATABASE_URL gets it.
+    # request waits for a free one at most pool_timeout. Named: for some URLs (an in-memory
+    # SQLite) SQLAlchemy picks another kind, which would refuse pool_timeout.
     poolclass=AsyncAdaptedQueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
