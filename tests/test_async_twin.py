@@ -35,7 +35,7 @@ from tests.support import (
     free_port,
     twin_folder,
 )
-from tests.test_next_steps import PLAIN_TEXT_ERRORS
+from tests.test_next_steps import PLAIN_TEXT_ERRORS, answers_in_the_learners_format
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -642,14 +642,7 @@ def test_testclient_without_with_answers_every_request(twin_app, rows):
 
 
 def test_the_learners_own_httpexception_handler_shapes_the_apps_409_too(twin_app, rows):
-    app = twin_app(PLAIN_TEXT_ERRORS)
-    with TestClient(app.app) as client:
-        client.post("/users/", json=ADA)
-        taken = client.post("/users/", json=ADA)  # answered by part 3, not by a route
-        missing = client.get("/users/999999")  # a route's own HTTPException
-    assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
-    assert (missing.status_code, missing.text) == (404, "Error: User not found")
-    assert [row[1] for row in rows()] == ["ada"]
+    answers_in_the_learners_format(twin_app(PLAIN_TEXT_ERRORS), rows)
 
 
 def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(twin_app):
