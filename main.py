@@ -27,9 +27,9 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
-    # The kind of pool the next two settings are for: it keeps pool_size connections open, and a
-    # request waits for a free one at most pool_timeout. Named: for some URLs (an in-memory
-    # SQLite) SQLAlchemy picks another kind, which would refuse pool_timeout.
+    # The kind of pool: it keeps pool_size connections open, and a request waits for a free one at
+    # most pool_timeout. Named so that every URL gets it, even "sqlite://" (a database in memory,
+    # which would get a kind of pool that has no pool_timeout), which part 3 refuses, saying why.
     poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     pool_timeout=settings.db_timeout / 2,  # half: the other is for the database's answer (part 3)
@@ -63,9 +63,10 @@ class UserTable(BaseModelClass):
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
-    # `= Field(...)` is no default value: it adds rules, and text for /docs. A username may be
-    # sent longer than it is stored ("é" as "e" plus an accent: 2 characters, stored as 1), so
-    # 200 is only a first cut of what is sent: check_username() below allows 50, once folded.
+    # `= Field(...)` is no default value: it adds rules, and text for /docs. max_length=200 is a
+    # quick first check of what is sent. The real limit, the column's 50, is checked by
+    # check_username() below, once the name has its stored spelling: an "é" may be sent as two
+    # characters, an "e" and an accent, and is stored as one.
     username: str = Field(
         max_length=200, description="1 to 50 characters (docs/usernames.md)", examples=["ada"]
     )
