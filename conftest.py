@@ -127,14 +127,15 @@ def rows(engine: Engine) -> Callable[[], list[tuple[int, str, str]]]:
 @pytest.fixture
 def learner_app(engine, tmp_path: Path, monkeypatch) -> Iterator[Callable[..., ModuleType]]:
     """Loads a copy of main.py with a learner's code appended, as a student adds it, pointed at
-    the test's database: `learner_app(code, DB_POOL_SIZE="1")`. Each copy is its own module,
+    the test's database: `learner_app(code, DB_POOL_SIZE="1")`; `after="app ="` puts the code
+    right after the line that makes the app. Each copy is its own module,
     with its own engine, turns and app, and runs in this process (TestClient, caplog)."""
     loaded: list[ModuleType] = []
 
-    def load(learner_code: str = "", **settings: str) -> ModuleType:
+    def load(learner_code: str = "", after: str | None = None, **settings: str) -> ModuleType:
         folder = tmp_path / f"learner-app-{len(loaded)}"
         folder.mkdir()
-        copy_app(folder, learner_code)
+        copy_app(folder, learner_code, after)
         for name, value in {"DATABASE_URL": url_of(engine), **settings}.items():
             monkeypatch.setenv(name, value)
         spec = importlib.util.spec_from_file_location(

@@ -255,6 +255,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware import Middleware
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
 from sqlalchemy.orm import sessionmaker
@@ -500,7 +501,9 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
     return middleware
 
 
-app.add_middleware(one_session_per_request)
+# The innermost of the app's middleware, as if given to FastAPIOffline(middleware=[...]): yours
+# (CORS, added right after `app = ...`) then wraps ours, and adds its headers to our 409s too.
+app.user_middleware.append(Middleware(one_session_per_request))
 
 
 # --- Database errors: an honest answer for each, the real cause in the log -------------------

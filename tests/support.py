@@ -18,27 +18,37 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def copy_app(folder: Path, learner_code: str = "") -> Path:
+def copy_app(folder: Path, learner_code: str = "", after: str | None = None) -> Path:
     """main.py with what it needs beside it (its Alembic revisions), copied into folder, and
-    with a learner's code (routes, a model) appended to it, as a student adds them."""
-    shutil.copy(ROOT / "main.py", folder / "main.py")
-    with (folder / "main.py").open("a") as main_py:
-        main_py.write(learner_code)
+    with a learner's code (routes, a model) appended to it, as a student adds them, or put
+    right after the line that starts with `after`."""
+    (folder / "main.py").write_text(placed((ROOT / "main.py").read_text(), learner_code, after))
     shutil.copy(ROOT / "alembic.ini", folder / "alembic.ini")
     shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
     return folder
 
 
-def twin_folder(folder: Path, learner_code: str = "", name: str = "main.py") -> Path:
-    """main_async.py, with a learner's code appended, copied into folder as `name` (main.py:
-    `uvicorn main:app` starts the twin), with the Alembic revisions beside it."""
+def twin_folder(
+    folder: Path, learner_code: str = "", name: str = "main.py", after: str | None = None
+) -> Path:
+    """main_async.py, with a learner's code appended (or put after a line, as copy_app does),
+    copied into folder as `name` (main.py: `uvicorn main:app` starts the twin), with the Alembic
+    revisions beside it."""
     folder.mkdir(exist_ok=True)
-    (folder / name).write_text((ROOT / "main_async.py").read_text() + learner_code)
+    (folder / name).write_text(placed((ROOT / "main_async.py").read_text(), learner_code, after))
     shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=IGNORED)
     return folder
 
 
 IGNORED = shutil.ignore_patterns("__pycache__")
+
+
+def placed(source: str, learner_code: str, after: str | None) -> str:
+    """The source with the learner's code at its end, or right after the line starting `after`."""
+    if after is None:
+        return source + learner_code
+    end_of_line = source.index("\n", source.index("\n" + after) + 1) + 1
+    return source[:end_of_line] + learner_code + source[end_of_line:]
 
 
 def apply_solutions(folder: Path, up_to: str) -> None:

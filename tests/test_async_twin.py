@@ -35,7 +35,14 @@ from tests.support import (
     free_port,
     twin_folder,
 )
-from tests.test_next_steps import PLAIN_TEXT_ERRORS, answers_in_the_learners_format
+from tests.test_next_steps import (
+    CORS_FOR_A_FRONTEND,
+    PLAIN_TEXT_ERRORS,
+    PROCESS_TIME_HEADER,
+    answers_in_the_learners_format,
+    answers_through_the_learners_middleware,
+    runs_a_deadlock_again_inside_the_learners_middleware,
+)
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -49,8 +56,14 @@ def twin_app(engine, tmp_path: Path, monkeypatch) -> Iterator[Callable[..., Modu
     module, with its own engine and app."""
     loaded: list[ModuleType] = []
 
-    def load(learner_code: str = "", database_url: str | None = None, **settings) -> ModuleType:
-        folder = twin_folder(tmp_path / f"twin-{len(loaded)}", learner_code, "main_async.py")
+    def load(
+        learner_code: str = "",
+        database_url: str | None = None,
+        after: str | None = None,
+        **settings,
+    ) -> ModuleType:
+        folder = tmp_path / f"twin-{len(loaded)}"
+        twin_folder(folder, learner_code, "main_async.py", after)
         for name, value in {"DATABASE_URL": database_url or url_of(engine), **settings}.items():
             monkeypatch.setenv(name, value)
         module_name = f"twin_copy_{len(loaded)}"
@@ -643,6 +656,15 @@ def test_testclient_without_with_answers_every_request(twin_app, rows):
 
 def test_the_learners_own_httpexception_handler_shapes_the_apps_409_too(twin_app, rows):
     answers_in_the_learners_format(twin_app(PLAIN_TEXT_ERRORS), rows)
+
+
+def test_a_middleware_added_right_after_the_app_wraps_the_apps_409_too(twin_app, rows):
+    answers_through_the_learners_middleware(twin_app(CORS_FOR_A_FRONTEND, after="app ="), rows)
+
+
+def test_a_learners_http_middleware_sees_a_deadlock_rerun_as_one_request(mysql_engine, tmp_path):
+    twin = twin_folder(tmp_path / "twin", PROCESS_TIME_HEADER, after="app =")
+    runs_a_deadlock_again_inside_the_learners_middleware(twin, mysql_engine)
 
 
 def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(twin_app):

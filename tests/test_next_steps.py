@@ -250,3 +250,60 @@ def answers_in_the_learners_format(app, rows) -> None:  # main's copy here, the 
     assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
     assert (missing.status_code, missing.text) == (404, "Error: User not found")
     assert [row[1] for row in rows()] == ["ada"]
+
+
+# --- Added by a learner right after `app = ...`, where FastAPI's "CORS" page adds it ----------
+CORS_FOR_A_FRONTEND = """
+from fastapi.middleware.cors import CORSMiddleware
+
+app.add_middleware(CORSMiddleware, allow_origins=["http://localhost:5173"])
+"""
+
+
+def test_a_middleware_added_right_after_the_app_wraps_the_apps_409_too(learner_app, rows):
+    answers_through_the_learners_middleware(learner_app(CORS_FOR_A_FRONTEND, after="app ="), rows)
+
+
+def answers_through_the_learners_middleware(app, rows) -> None:  # main's copy, the twin's too
+    origin = {"Origin": "http://localhost:5173"}
+    with TestClient(app.app) as client:
+        created = client.post("/users/", json=ADA, headers=origin)
+        taken = client.post("/users/", json=ADA, headers=origin)  # answered by part 3
+    for answer in (created, taken):  # without it, a browser hides the answer from the page
+        assert answer.headers.get("access-control-allow-origin") == origin["Origin"], answer
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
+    assert [row[1] for row in rows()] == ["ada"]
+
+
+# --- Added by a learner right after `app = ...`, as FastAPI's "Middleware" page shows --------
+PROCESS_TIME_HEADER = """
+import time
+
+from fastapi import Request
+
+
+@app.middleware("http")
+async def add_process_time_header(request: Request, call_next):
+    start_time = time.perf_counter()
+    response = await call_next(request)
+    response.headers["X-Process-Time"] = str(time.perf_counter() - start_time)
+    return response
+"""
+
+
+def test_a_learners_http_middleware_sees_a_deadlock_rerun_as_one_request(mysql_engine, tmp_path):
+    app = copy_app(tmp_path, PROCESS_TIME_HEADER, after="app =")
+    runs_a_deadlock_again_inside_the_learners_middleware(app, mysql_engine)
+
+
+def runs_a_deadlock_again_inside_the_learners_middleware(
+    app, mysql_engine
+) -> None:  # the twin's too
+    server = UvicornServer(url_of(mysql_engine), cwd=app)
+    send = {"url": "/users/", "json": {"username": "x", "email": "x@example.com"}}
+    with server.wait_started(), server.client() as http:
+        responses = deadlocked(mysql_engine, http.post, [send, send])
+    assert sorted(response.status_code for response in responses) == [201, 409]
+    assert all("x-process-time" in response.headers for response in responses)  # the 409's too
+    assert server.count("running it again") == 1
+    assert names(mysql_engine) == ["x"]
