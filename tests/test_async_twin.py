@@ -25,6 +25,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import exc, make_url, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 from starlette.websockets import WebSocketDisconnect
 
 from conftest import twin_engine, url_of
@@ -656,6 +658,25 @@ def test_testclient_without_with_answers_every_request(twin_app, rows):
 
 def test_the_learners_own_httpexception_handler_shapes_the_apps_409_too(twin_app, rows):
     answers_in_the_learners_format(twin_app(PLAIN_TEXT_ERRORS), rows)
+
+
+def test_get_session_overridden_as_fastapis_testing_docs_do_answers_201_then_409(
+    twin_app, engine, rows
+):
+    app = twin_app()
+    test_engine = create_async_engine(app.async_url(url_of(engine)), poolclass=NullPool)
+
+    async def get_session_override():  # FastAPI's "Testing Dependencies with Overrides", async
+        async with AsyncSession(test_engine, expire_on_commit=False) as session:  # docs/async.md
+            yield session
+
+    app.app.dependency_overrides[app.get_session] = get_session_override
+    with TestClient(app.app) as client:
+        created = client.post("/users/", json=ADA)
+        taken = client.post("/users/", json=ADA)  # the override session's IntegrityError
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
+    assert [row[1] for row in rows()] == ["ada"]
 
 
 def test_a_middleware_added_right_after_the_app_wraps_the_apps_409_too(twin_app, rows):

@@ -1,7 +1,8 @@
 """What a learner or a copy-paster does next must keep working (issue 24): a forgotten close(),
-the app mounted in a bigger app, TestClient without `with`, a form route that loses a deadlock,
-and a slow client. Each was a failure of the app's own machinery. (WebSockets, streams and
-background tasks: tests/test_one_session_per_request.py.)"""
+the app mounted in a bigger app, TestClient without `with`, get_session overridden, a form route
+that loses a deadlock, a slow client, a middleware of the learner's. Each was a failure of the
+app's own machinery, or is a way FastAPI's docs teach. (WebSockets, streams and background
+tasks: tests/test_one_session_per_request.py.)"""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 import main
 from conftest import need, url_of
@@ -119,6 +121,23 @@ def test_testclient_without_with_answers(tables, rows):
     created = client.post("/users/", json=ADA)
     assert created.status_code == 201, created.text
     assert client.get(f"/users/{created.json()['id']}").json() == created.json()
+    assert [row[1] for row in rows()] == ["ada"]
+
+
+def test_get_session_overridden_as_fastapis_testing_docs_do_answers_201_then_409(tables, rows):
+    def get_session_override():  # FastAPI's "Testing Dependencies with Overrides"
+        with Session(tables) as session:
+            yield session
+
+    main.app.dependency_overrides[main.get_session] = get_session_override
+    try:
+        client = TestClient(main.app)
+        created = client.post("/users/", json=ADA)
+        taken = client.post("/users/", json=ADA)  # the override session's IntegrityError
+    finally:
+        main.app.dependency_overrides.clear()
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
     assert [row[1] for row in rows()] == ["ada"]
 
 
