@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
+import httpx2
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -121,6 +122,18 @@ def test_testclient_without_with_answers(tables, rows):
     created = client.post("/users/", json=ADA)
     assert created.status_code == 201, created.text
     assert client.get(f"/users/{created.json()['id']}").json() == created.json()
+    assert [row[1] for row in rows()] == ["ada"]
+
+
+def test_async_tests_as_fastapis_docs_write_them_answer(tables, rows):
+    async def post_twice() -> list:  # FastAPI's "Async Tests": httpx's AsyncClient, no lifespan
+        transport = httpx2.ASGITransport(app=main.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [await client.post("/users/", json=ADA) for _ in range(2)]
+
+    created, taken = anyio.run(post_twice)
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
     assert [row[1] for row in rows()] == ["ada"]
 
 
