@@ -505,7 +505,8 @@ async def new_session() -> AsyncIterator[AsyncSession]:
 async def session_of_this_request() -> AsyncSession:
     if (work := this_request.get(None)) is None:  # a route of an app without our middleware
         mount = f'parent.mount("/api", {__name__}.app)'  # its routes, in a bigger app
-        add = f"app.add_middleware({__name__}.one_session_per_request)"  # a route of your app
+        # a route of your app: ours first, so that yours (CORS...) wrap it and its answers
+        add = f"app.add_middleware({__name__}.one_session_per_request) before any other"
         raise RuntimeError(
             f"The session needs our middleware, which this app lacks: {mount} or {add}"
         )
