@@ -258,7 +258,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import ORMExecuteState, sessionmaker
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -366,20 +366,33 @@ session_factory = sessionmaker(expire_on_commit=False, close_resets_only=False)
 @event.listens_for(session_factory, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
-    session.info["flushed"] = False  # a new transaction: nothing of it sent yet
     if work := this_request.get(None):
         work.own_connections += 1
 
 
 @event.listens_for(session_factory, "after_commit")
 def note_commit(session: Session) -> None:
+    session.info["written"] = False  # all of it saved
     if work := this_request.get(None):
         work.commits += 1
 
 
+@event.listens_for(session_factory, "after_rollback")
+def note_rollback(session: Session) -> None:
+    session.info["written"] = False  # all of it undone
+
+
+# Written, not yet committed: the changes of a flush, or a statement that is not a SELECT
+# (session.execute(update(...)), delete(...), insert(...), or SQL text), which no object shows.
 @event.listens_for(session_factory, "after_flush")
 def note_flush(session: Session, flush_context: object) -> None:
-    session.info["flushed"] = True  # changes sent in this transaction, not yet committed
+    session.info["written"] = True
+
+
+@event.listens_for(session_factory, "do_orm_execute")
+def note_statement(statement: ORMExecuteState) -> None:
+    if not statement.is_select:
+        statement.session.info["written"] = True
 
 
 def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits for the server
@@ -440,7 +453,7 @@ class RequestWork:
         session = self.session
         if session is None or not session.in_transaction():
             return False
-        return bool(session.info.get("flushed") or session.new or session.dirty or session.deleted)
+        return bool(session.info.get("written") or session.new or session.dirty or session.deleted)
 
     async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
         if self.turns is not None:

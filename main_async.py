@@ -275,7 +275,7 @@ from fastapi.middleware import Middleware
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -443,14 +443,10 @@ session_factory = async_sessionmaker(
 )
 
 
-event.listen(RequestSession, "after_rollback", lambda *_: bound_wait(None))
-
-
 @event.listens_for(RequestSession, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
     bound_wait(None)
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
-    session.info["flushed"] = False  # a new transaction: nothing of it sent yet
     if work := this_request.get(None):
         work.own_connections += 1
 
@@ -458,13 +454,28 @@ def remember_connection(session: Session, transaction: object, connection: Conne
 @event.listens_for(RequestSession, "after_commit")
 def note_commit(session: Session) -> None:
     bound_wait(None)
+    session.info["written"] = False  # all of it saved
     if work := this_request.get(None):
         work.commits += 1
 
 
+@event.listens_for(RequestSession, "after_rollback")
+def note_rollback(session: Session) -> None:
+    bound_wait(None)
+    session.info["written"] = False  # all of it undone
+
+
+# Written, not yet committed: the changes of a flush, or a statement that is not a SELECT
+# (session.execute(update(...)), delete(...), insert(...), or SQL text), which no object shows.
 @event.listens_for(RequestSession, "after_flush")
 def note_flush(session: Session, flush_context: object) -> None:
-    session.info["flushed"] = True  # changes sent in this transaction, not yet committed
+    session.info["written"] = True
+
+
+@event.listens_for(RequestSession, "do_orm_execute")
+def note_statement(statement: ORMExecuteState) -> None:
+    if not statement.is_select:
+        statement.session.info["written"] = True
 
 
 def end_transaction(session: Session) -> None:  # run_sync'ed: in SQLAlchemy's greenlet
@@ -541,7 +552,7 @@ class RequestWork:
         session = self.session
         if session is None or not session.in_transaction():
             return False
-        return bool(session.info.get("flushed") or session.new or session.dirty or session.deleted)
+        return bool(session.info.get("written") or session.new or session.dirty or session.deleted)
 
     async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
         if self.turns is not None:

@@ -750,6 +750,9 @@ def test_readyz_answers_503_naming_a_missing_table(twin_app, engine):
 COMMIT_AFTER_YIELD = """
 
 # --- Added by a learner: a dependency that commits the route's changes after it -------------
+from sqlalchemy import insert
+
+
 async def get_transaction(session: SessionDep):
     yield session
     await session.commit()  # FastAPI runs this after the route, once the answer is sent
@@ -769,10 +772,20 @@ async def signup_flushed(
 async def signup_added(user: UserInput, session: AsyncSession = Depends(get_transaction)) -> dict:
     session.add(UserTable(username=user.username, email=user.email))
     return {"queued": True}
+
+
+@app.post("/learner/signup-executed", status_code=201)
+async def signup_executed(
+    user: UserInput, session: AsyncSession = Depends(get_transaction)
+) -> dict:
+    await session.execute(insert(UserTable).values(username=user.username, email=user.email))
+    return {"sent": True}  # a statement, not an object: the session holds no new row
 """
 
 
-@pytest.mark.parametrize("path", ["/learner/signup-flushed", "/learner/signup-added"])
+@pytest.mark.parametrize(
+    "path", ["/learner/signup-flushed", "/learner/signup-added", "/learner/signup-executed"]
+)
 def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(twin_app, rows, path):
     app = twin_app(COMMIT_AFTER_YIELD)
     with TestClient(app.app) as client:

@@ -201,6 +201,7 @@ COMMIT_AFTER_YIELD = """
 
 # --- Added by a learner: a dependency that commits the route's changes after it -------------
 from fastapi import Depends
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 
@@ -221,6 +222,12 @@ def signup_flushed(user: UserInput, session: Session = Depends(get_transaction))
 def signup_added(user: UserInput, session: Session = Depends(get_transaction)) -> dict:
     session.add(UserTable(username=user.username, email=user.email))
     return {"queued": True}
+
+
+@app.post("/learner/signup-executed", status_code=201)
+def signup_executed(user: UserInput, session: Session = Depends(get_transaction)) -> dict:
+    session.execute(insert(UserTable).values(username=user.username, email=user.email))
+    return {"sent": True}  # a statement, not an object: the session holds no new row
 
 
 @app.post("/learner/signup-answered", status_code=201)
@@ -254,7 +261,9 @@ def signup_audited_late(user: UserInput, session: Session = Depends(get_audited)
 """
 
 
-@pytest.mark.parametrize("path", ["/learner/signup-flushed", "/learner/signup-added"])
+@pytest.mark.parametrize(
+    "path", ["/learner/signup-flushed", "/learner/signup-added", "/learner/signup-executed"]
+)
 def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(
     learner_app, engine, rows, path
 ):
