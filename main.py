@@ -242,7 +242,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from inspect import iscoroutinefunction
+from inspect import isasyncgenfunction, iscoroutinefunction, isgeneratorfunction
 from typing import get_type_hints
 
 import anyio
@@ -258,7 +258,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
-from sqlalchemy.orm import ORMExecuteState, sessionmaker
+from sqlalchemy.orm import sessionmaker
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -372,27 +372,8 @@ def remember_connection(session: Session, transaction: object, connection: Conne
 
 @event.listens_for(session_factory, "after_commit")
 def note_commit(session: Session) -> None:
-    session.info["written"] = False  # all of it saved
     if work := this_request.get(None):
         work.commits += 1
-
-
-@event.listens_for(session_factory, "after_rollback")
-def note_rollback(session: Session) -> None:
-    session.info["written"] = False  # all of it undone
-
-
-# Written, not yet committed: the changes of a flush, or a statement that is not a SELECT
-# (session.execute(update(...)), delete(...), insert(...), or SQL text), which no object shows.
-@event.listens_for(session_factory, "after_flush")
-def note_flush(session: Session, flush_context: object) -> None:
-    session.info["written"] = True
-
-
-@event.listens_for(session_factory, "do_orm_execute")
-def note_statement(statement: ORMExecuteState) -> None:
-    if not statement.is_select:
-        statement.session.info["written"] = True
 
 
 def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits for the server
@@ -448,12 +429,9 @@ class RequestWork:
             self.session = session_factory(bind=db_engine)
         return self.session
 
-    def has_unsaved_changes(self) -> bool:  # FastAPI runs a dependency's code after `yield`
-        # once the answer is sent: it may commit them then (README, section 6)
-        session = self.session
-        if session is None or not session.in_transaction():
-            return False
-        return bool(session.info.get("written") or session.new or session.dirty or session.deleted)
+    def needed_after_the_answer(self) -> bool:  # by a dependency of yours with `yield`
+        route = self.scope.get("route")  # (not a WebSocket's: it would hold a turn while idle)
+        return isinstance(route, APIRoute) and commits_after_the_answer(route.dependant)
 
     async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
         if self.turns is not None:
@@ -489,9 +467,25 @@ class RequestWork:
     async def send(self, message: Message) -> None:
         if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
-            if not self.has_unsaved_changes():  # no turn, nor a background task after it; a
-                await self.close()  # session with changes waits for a commit after a `yield`
+            if not self.needed_after_the_answer():  # no turn, nor a background task after it
+                await self.close()
         await self.to_client(message)
+
+
+def commits_after_the_answer(dependant: Dependant) -> bool:
+    """A dependency of yours with `yield` that takes the session (README, section 6): FastAPI runs
+    its code after `yield` once the answer is sent (unless scope="function"), and it may commit."""
+    for sub in dependant.dependencies:
+        has_yield = isgeneratorfunction(sub.call) or isasyncgenfunction(sub.call)
+        late = has_yield and sub.scope != "function" and sub.call is not get_session
+        if (late and asks_for_the_session(sub)) or commits_after_the_answer(sub):
+            return True
+    return False
+
+
+def asks_for_the_session(dependant: Dependant) -> bool:  # directly, or through another
+    calls = [sub.call for sub in dependant.dependencies]
+    return get_session in calls or any(map(asks_for_the_session, dependant.dependencies))
 
 
 def one_session_per_request(inner: ASGIApp) -> ASGIApp:

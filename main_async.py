@@ -261,7 +261,13 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from inspect import isasyncgenfunction, isclass, iscoroutinefunction, isroutine
+from inspect import (
+    isasyncgenfunction,
+    isclass,
+    iscoroutinefunction,
+    isgeneratorfunction,
+    isroutine,
+)
 
 import anyio
 from alembic.migration import MigrationContext
@@ -272,10 +278,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import Session
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -443,6 +449,9 @@ session_factory = async_sessionmaker(
 )
 
 
+event.listen(RequestSession, "after_rollback", lambda *_: bound_wait(None))
+
+
 @event.listens_for(RequestSession, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
     bound_wait(None)
@@ -454,28 +463,8 @@ def remember_connection(session: Session, transaction: object, connection: Conne
 @event.listens_for(RequestSession, "after_commit")
 def note_commit(session: Session) -> None:
     bound_wait(None)
-    session.info["written"] = False  # all of it saved
     if work := this_request.get(None):
         work.commits += 1
-
-
-@event.listens_for(RequestSession, "after_rollback")
-def note_rollback(session: Session) -> None:
-    bound_wait(None)
-    session.info["written"] = False  # all of it undone
-
-
-# Written, not yet committed: the changes of a flush, or a statement that is not a SELECT
-# (session.execute(update(...)), delete(...), insert(...), or SQL text), which no object shows.
-@event.listens_for(RequestSession, "after_flush")
-def note_flush(session: Session, flush_context: object) -> None:
-    session.info["written"] = True
-
-
-@event.listens_for(RequestSession, "do_orm_execute")
-def note_statement(statement: ORMExecuteState) -> None:
-    if not statement.is_select:
-        statement.session.info["written"] = True
 
 
 def end_transaction(session: Session) -> None:  # run_sync'ed: in SQLAlchemy's greenlet
@@ -547,12 +536,9 @@ class RequestWork:
             self.session = session_factory(bind=db_engine)
         return self.session
 
-    def has_unsaved_changes(self) -> bool:  # FastAPI runs a dependency's code after `yield`
-        # once the answer is sent: it may commit them then (README, section 6)
-        session = self.session
-        if session is None or not session.in_transaction():
-            return False
-        return bool(session.info.get("written") or session.new or session.dirty or session.deleted)
+    def needed_after_the_answer(self) -> bool:  # by a dependency of yours with `yield`
+        route = self.scope.get("route")  # (not a WebSocket's: it would hold a turn while idle)
+        return isinstance(route, APIRoute) and commits_after_the_answer(route.dependant)
 
     async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
         if self.turns is not None:
@@ -585,9 +571,25 @@ class RequestWork:
     async def send(self, message: Message) -> None:
         if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
-            if not self.has_unsaved_changes():  # no turn, nor a background task after it; a
-                await self.close()  # session with changes waits for a commit after a `yield`
+            if not self.needed_after_the_answer():  # no turn, nor a background task after it
+                await self.close()
         await self.to_client(message)
+
+
+def commits_after_the_answer(dependant: Dependant) -> bool:
+    """A dependency of yours with `yield` that takes the session (README, section 6): FastAPI runs
+    its code after `yield` once the answer is sent (unless scope="function"), and it may commit."""
+    for sub in dependant.dependencies:
+        has_yield = isgeneratorfunction(sub.call) or isasyncgenfunction(sub.call)
+        late = has_yield and sub.scope != "function" and sub.call is not get_session
+        if (late and asks_for_the_session(sub)) or commits_after_the_answer(sub):
+            return True
+    return False
+
+
+def asks_for_the_session(dependant: Dependant) -> bool:  # directly, or through another
+    calls = [sub.call for sub in dependant.dependencies]
+    return get_session in calls or any(map(asks_for_the_session, dependant.dependencies))
 
 
 def one_session_per_request(inner: ASGIApp) -> ASGIApp:

@@ -750,7 +750,7 @@ def test_readyz_answers_503_naming_a_missing_table(twin_app, engine):
 COMMIT_AFTER_YIELD = """
 
 # --- Added by a learner: a dependency that commits the route's changes after it -------------
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 
 async def get_transaction(session: SessionDep):
@@ -774,6 +774,11 @@ async def signup_added(user: UserInput, session: AsyncSession = Depends(get_tran
     return {"queued": True}
 
 
+@app.get("/learner/count-in-transaction")
+async def count_in_transaction(session: AsyncSession = Depends(get_transaction)) -> dict:
+    return {"users": len((await session.scalars(select(UserTable))).all())}  # nothing to commit
+
+
 @app.post("/learner/signup-executed", status_code=201)
 async def signup_executed(
     user: UserInput, session: AsyncSession = Depends(get_transaction)
@@ -793,6 +798,15 @@ def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(twin
         checked_out = app.db_engine.pool.checkedout()
     assert created.status_code == 201, created.text
     assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+    assert checked_out == 0
+
+
+def test_a_dependency_that_commits_after_the_route_lets_a_read_answer(twin_app, rows):
+    app = twin_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client:  # an error after the answer would be raised here
+        counted = [client.get("/learner/count-in-transaction") for _ in range(2)]
+        checked_out = app.db_engine.pool.checkedout()
+    assert [(answer.status_code, answer.json()) for answer in counted] == [(200, {"users": 0})] * 2
     assert checked_out == 0
 
 
