@@ -480,10 +480,14 @@ async def close_session(session: AsyncSession) -> None:
         return session.sync_session.close()
     with anyio.CancelScope(shield=True):  # a cancelled request still closes its session
         with anyio.move_on_after(WAIT_SECONDS):
-            try:
-                return await session.run_sync(end_transaction)  # a ROLLBACK waits for the server
-            except exc.DBAPIError as error:  # the connection died: the server rolls back itself
-                logger.warning("Closing a session: %s", error.orig)
+            while True:
+                try:
+                    return await session.run_sync(end_transaction)  # a ROLLBACK: a wait
+                except exc.IllegalStateChangeError:  # a task the route left running (its
+                    await anyio.sleep(0.01)  # asyncio.gather failed) uses it: let it end
+                except exc.DBAPIError as error:  # the connection died: the server rolls back
+                    logger.warning("Closing a session: %s", error.orig)
+                    break
         with contextlib.suppress(exc.ResourceClosedError):  # the error closed it already
             await session.invalidate()  # no answer, or an error: drop the connection
 

@@ -967,3 +967,31 @@ def test_a_stream_and_a_background_task_with_sessions_of_their_own(twin_app, eng
     assert {len(export.text.splitlines()) for export in exports} == {251}
     assert visit.status_code == 202 and checked_out == 0
     assert rows()[0] == (user_id, "ada", "visited@example.com")
+
+
+GATHER = """
+
+# --- Added by a learner: two queries at once on one session (docs/async.md, mistake 3) -------
+import asyncio
+
+from sqlalchemy import func, select
+
+
+@app.get("/learner/two-at-once")
+async def two_at_once(session: SessionDep) -> dict:
+    count, newest = await asyncio.gather(
+        session.scalar(select(func.count()).select_from(UserTable)),
+        session.scalar(select(func.max(UserTable.id))),
+    )
+    return {"count": count, "newest": newest}
+"""
+
+
+def test_two_queries_at_once_on_one_session_fail_and_leave_no_connection_behind(twin_app):
+    app = twin_app(GATHER, DB_POOL_SIZE="1")
+    with TestClient(app.app, raise_server_exceptions=False) as client:
+        failed = [client.get("/learner/two-at-once").status_code for _ in range(3)]
+        after = client.get("/users/")  # the only connection: free again
+        checked_out = app.db_engine.pool.checkedout()
+    assert failed == [500] * 3  # "concurrent operations are not permitted": the learner's bug
+    assert (after.status_code, checked_out) == (200, 0)
