@@ -669,7 +669,8 @@ def async_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
     call, hints = dependant.call, {}
     with contextlib.suppress(TypeError, NameError):  # no hints, or one naming what is not there
         hints = get_type_hints(call)
-    if Session in hints.values() and iscoroutinefunction(call):  # its SQL blocks the event loop
+    is_async = iscoroutinefunction(call) or isasyncgenfunction(call)  # with `yield` too
+    if Session in hints.values() and is_async:  # its SQL blocks the event loop
         yield call.__qualname__
     for sub_dependant in dependant.dependencies:
         yield from async_defs_taking_the_session(sub_dependant)

@@ -646,6 +646,16 @@ def read_first_user(user: UserTable = Depends(first_user_async)) -> dict:
     return {"username": user.username}
 
 
+async def get_transaction_async(session: SessionDep):  # one with yield: the same
+    yield session
+    session.commit()
+
+
+@app.post("/learner/touch")
+def touch(session: Session = Depends(get_transaction_async)) -> dict:
+    return {"touched": True}
+
+
 from fastapi import APIRouter  # noqa: E402
 
 router = APIRouter(prefix="/learner/grouped")  # routes grouped, as bigger apps do
@@ -666,10 +676,11 @@ def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine,
         pass
     warnings = [line for line in server.lines if "async def" in line]
     print(f"\n{engine.dialect.name}: {warnings}")
-    assert len(warnings) == 3, server.lines  # the WebSockets and the def routes are fine
+    assert len(warnings) == 4, server.lines  # the WebSockets and the def routes are fine
     assert "/learner/async-users/{user_id}" in warnings[0] and "read_user_async" in warnings[0]
     assert "/learner/first" in warnings[1] and "first_user_async" in warnings[1]
-    assert "/learner/grouped/{user_id}" in warnings[2] and "read_grouped_user" in warnings[2]
+    assert "/learner/touch" in warnings[2] and "get_transaction_async" in warnings[2]
+    assert "/learner/grouped/{user_id}" in warnings[3] and "read_grouped_user" in warnings[3]
     assert all(warning.startswith("WARNING") for warning in warnings)
 
 
