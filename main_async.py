@@ -163,7 +163,7 @@ async def create_user(
 
 
 # === Part 2: more CRUD =======================================================================
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 from fastapi import HTTPException, Path, Query, Request, Response
 from pydantic import AfterValidator, with_config
@@ -788,11 +788,16 @@ def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:
 
 def plain_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
     call = dependant.call  # the route's function, then its dependencies', however they are typed
-    if get_session in [sub_dependant.call for sub_dependant in dependant.dependencies]:
-        if not (isroutine(call) or isclass(call) or iscoroutinefunction(call)):
-            call = call.__call__  # an object that is called: its method
-        if isroutine(call) and not (iscoroutinefunction(call) or isasyncgenfunction(call)):
-            yield call.__qualname__
+    if callable(call) and not (isroutine(call) or isclass(call) or iscoroutinefunction(call)):
+        call = call.__call__  # an object that is called: its method
+    hints = {}
+    with contextlib.suppress(TypeError, NameError):  # no hints, or one naming what is not there
+        hints = get_type_hints(call)
+    # From get_session, or typed AsyncSession: handed it by a dependency of yours with `yield`
+    asks = get_session in [sub.call for sub in dependant.dependencies]
+    is_plain = isroutine(call) and not (iscoroutinefunction(call) or isasyncgenfunction(call))
+    if is_plain and (asks or AsyncSession in hints.values()):
+        yield call.__qualname__
     for sub_dependant in dependant.dependencies:
         yield from plain_defs_taking_the_session(sub_dependant)
 

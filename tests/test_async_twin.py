@@ -286,10 +286,41 @@ app.include_router(router)
 """
 
 
+THROUGH_A_DEPENDENCY = """
+
+# --- Added by a learner: a plain def route handed the session by a dependency with yield -----
+async def get_transaction(session: SessionDep):
+    yield session
+    await session.commit()
+
+
+@app.post("/learner/touch")
+def touch(session: Annotated[AsyncSession, Depends(get_transaction)]) -> dict:
+    session.execute(update(UserTable).values(email="touched@example.com"))
+    return {"touched": True}
+"""
+
+
 @pytest.mark.parametrize(
     "code",
-    [PLAIN_DEF, PLAIN_DEF_DEPENDENCY, TUTORIALS_SPELLING, NO_ANNOTATION, A_METHOD, IN_A_ROUTER],
-    ids=["route", "dependency", "tutorials-spelling", "no-annotation", "a-method", "in-a-router"],
+    [
+        PLAIN_DEF,
+        PLAIN_DEF_DEPENDENCY,
+        TUTORIALS_SPELLING,
+        NO_ANNOTATION,
+        A_METHOD,
+        IN_A_ROUTER,
+        THROUGH_A_DEPENDENCY,
+    ],
+    ids=[
+        "route",
+        "dependency",
+        "tutorials-spelling",
+        "no-annotation",
+        "a-method",
+        "in-a-router",
+        "through-a-dependency",
+    ],
 )
 def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(twin_app, code):
     app = twin_app(code)
