@@ -415,6 +415,7 @@ class RequestWork:
         self.scope, self.from_client, self.to_client, self.kept = scope, receive, send, kept
         self.can_run_again = first and scope["type"] == "http"  # once, for HTTP
         self.session, self.turns, self.answered = None, None, False
+        self.app = scope.get("app")  # ours: an app mounted in it answers its own errors
         self.delivered = self.commits = self.connections = self.own_connections = 0
 
     @property
@@ -423,6 +424,12 @@ class RequestWork:
 
     async def open_session(self) -> Session:
         if self.session is None:
+            if self.scope.get("app") is not self.app:  # a 409 or a 503 would be its 500
+                fix = f"sub_app.add_middleware({__name__}.one_session_per_request)"
+                raise RuntimeError(
+                    f"{self.where}: an app mounted in this one takes the session. Give it our"
+                    f" middleware first ({fix}), or make it an APIRouter (app.include_router)."
+                )
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
                 await run_in_threadpool(prepare_app)
             self.turns = await take_turn(self if self.scope["type"] == "http" else None)

@@ -39,6 +39,8 @@ from tests.support import (
 )
 from tests.test_next_steps import (
     CORS_FOR_A_FRONTEND,
+    GIVEN_OUR_MIDDLEWARE,
+    MOUNTED,
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
     answers_in_the_learners_format,
@@ -1026,3 +1028,34 @@ def test_two_queries_at_once_on_one_session_fail_and_leave_no_connection_behind(
         checked_out = app.db_engine.pool.checkedout()
     assert failed == [500] * 3  # "concurrent operations are not permitted": the learner's bug
     assert (after.status_code, checked_out) == (200, 0)
+
+
+SUB_APP = """
+
+subapi = FastAPI()  # a learner's own app, mounted in the twin's (FastAPI's "Sub Applications")
+
+
+@subapi.post("/users/", status_code=201)
+async def sub_create_user(user: UserInput, session: SessionDep) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    await session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+
+
+def test_a_mounted_apps_route_that_takes_the_session_says_to_add_the_middleware(twin_app):
+    app = twin_app(SUB_APP + MOUNTED)
+    fix = r"sub_app\.add_middleware\(.*one_session_per_request\)"
+    with TestClient(app.app) as client, pytest.raises(RuntimeError, match=fix):
+        client.post("/subapi/users/", json=ADA)
+
+
+def test_a_mounted_app_given_the_middleware_answers_a_taken_username_409(twin_app, rows):
+    app = twin_app(SUB_APP + GIVEN_OUR_MIDDLEWARE + MOUNTED)
+    with TestClient(app.app) as client:
+        created = client.post("/subapi/users/", json=ADA)
+        taken = client.post("/subapi/users/", json=ADA)
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
+    assert [row[1] for row in rows()] == ["ada"]

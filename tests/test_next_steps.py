@@ -339,3 +339,37 @@ def runs_a_deadlock_again_inside_the_learners_middleware(
     assert all("x-process-time" in response.headers for response in responses)  # the 409's too
     assert server.count("running it again") == 1
     assert names(mysql_engine) == ["x"]
+
+
+# --- A learner's own app, mounted in this one, as FastAPI's "Sub Applications" page shows ------
+SUB_APP = """
+
+subapi = FastAPI()
+
+
+@subapi.post("/users/", status_code=201)
+def sub_create_user(user: UserInput, session: SessionDep) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+"""
+MOUNTED = '\napp.mount("/subapi", subapi)\n'
+GIVEN_OUR_MIDDLEWARE = "\nsubapi.add_middleware(one_session_per_request)\n"
+
+
+def test_a_mounted_apps_route_that_takes_the_session_says_to_add_the_middleware(learner_app):
+    app = learner_app(SUB_APP + MOUNTED)
+    fix = r"sub_app\.add_middleware\(.*one_session_per_request\)"
+    with TestClient(app.app) as client, pytest.raises(RuntimeError, match=fix):
+        client.post("/subapi/users/", json=ADA)  # before: a 500 for a taken username only
+
+
+def test_a_mounted_app_given_the_middleware_answers_a_taken_username_409(learner_app, rows):
+    app = learner_app(SUB_APP + GIVEN_OUR_MIDDLEWARE + MOUNTED)
+    with TestClient(app.app) as client:
+        created = client.post("/subapi/users/", json=ADA)
+        taken = client.post("/subapi/users/", json=ADA)
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
+    assert [row[1] for row in rows()] == ["ada"]
