@@ -43,10 +43,12 @@ from tests.test_next_steps import (
     MOUNTED,
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
+    answers_201_then_409,
     answers_in_the_learners_format,
     answers_through_the_learners_middleware,
     runs_a_deadlock_again_inside_the_learners_middleware,
 )
+from tests.test_one_session_per_request import reads_twice_behind_a_late_commit
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -835,12 +837,7 @@ def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(twin
 
 
 def test_a_dependency_that_commits_after_the_route_lets_a_read_answer(twin_app, rows):
-    app = twin_app(COMMIT_AFTER_YIELD)
-    with TestClient(app.app) as client:  # an error after the answer would be raised here
-        counted = [client.get("/learner/count-in-transaction") for _ in range(2)]
-        checked_out = app.db_engine.pool.checkedout()
-    assert [(answer.status_code, answer.json()) for answer in counted] == [(200, {"users": 0})] * 2
-    assert checked_out == 0
+    reads_twice_behind_a_late_commit(twin_app(COMMIT_AFTER_YIELD))
 
 
 SLOW_BESIDE_THE_DATABASE = """
@@ -1053,9 +1050,4 @@ def test_a_mounted_apps_route_that_takes_the_session_says_to_add_the_middleware(
 
 def test_a_mounted_app_given_the_middleware_answers_a_taken_username_409(twin_app, rows):
     app = twin_app(SUB_APP + GIVEN_OUR_MIDDLEWARE + MOUNTED)
-    with TestClient(app.app) as client:
-        created = client.post("/subapi/users/", json=ADA)
-        taken = client.post("/subapi/users/", json=ADA)
-    assert created.status_code == 201, created.text
-    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
-    assert [row[1] for row in rows()] == ["ada"]
+    answers_201_then_409(app, "/subapi/users/", rows)

@@ -367,9 +367,13 @@ def test_a_mounted_apps_route_that_takes_the_session_says_to_add_the_middleware(
 
 def test_a_mounted_app_given_the_middleware_answers_a_taken_username_409(learner_app, rows):
     app = learner_app(SUB_APP + GIVEN_OUR_MIDDLEWARE + MOUNTED)
+    answers_201_then_409(app, "/subapi/users/", rows)
+
+
+def answers_201_then_409(app, path: str, rows) -> None:  # main's copy, the twin's too
     with TestClient(app.app) as client:
-        created = client.post("/subapi/users/", json=ADA)
-        taken = client.post("/subapi/users/", json=ADA)
+        created = client.post(path, json=ADA)
+        taken = client.post(path, json=ADA)
     assert created.status_code == 201, created.text
     assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
     assert [row[1] for row in rows()] == ["ada"]

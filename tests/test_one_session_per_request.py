@@ -282,7 +282,10 @@ def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(
 
 
 def test_a_dependency_that_commits_after_the_route_lets_a_read_answer(learner_app, rows):
-    app = learner_app(COMMIT_AFTER_YIELD)
+    reads_twice_behind_a_late_commit(learner_app(COMMIT_AFTER_YIELD))
+
+
+def reads_twice_behind_a_late_commit(app) -> None:  # main's copy, the twin's too
     with TestClient(app.app) as client:  # an error after the answer would be raised here
         counted = [client.get("/learner/count-in-transaction") for _ in range(2)]
         checked_out = app.db_engine.pool.checkedout()
