@@ -386,13 +386,16 @@ def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits fo
 def new_session() -> Iterator[Session]:
     """A session and a turn of its own, for work after a request's own code: a streamed answer,
     a background task, a WebSocket's message (README, section 6). Use it in a plain def."""
-    turns = from_thread.run(take_turn)
+    work = this_request.get(None)  # its request may hold a turn still, kept for a late commit:
+    in_its_turn = work is not None and work.turns is not None  # then it runs in that one
+    turns = None if in_its_turn else from_thread.run(take_turn)
     session = session_factory(bind=db_engine)
     try:
         yield session
     finally:
         close_session(session)
-        from_thread.run_sync(turns.release)
+        if turns is not None:
+            from_thread.run_sync(turns.release)
 
 
 # --- One request, one session: opened at the first ask, closed before the answer is sent -----
@@ -436,9 +439,14 @@ class RequestWork:
             self.session = session_factory(bind=db_engine)
         return self.session
 
-    def needed_after_the_answer(self) -> bool:  # by a dependency of yours with `yield`
-        route = self.scope.get("route")  # (not a WebSocket's: it would hold a turn while idle)
-        return isinstance(route, APIRoute) and commits_after_the_answer(route.dependant)
+    def needed_after_the_answer(self) -> bool:  # (not by a WebSocket: it would hold a turn idle)
+        if not isinstance(route := self.scope.get("route"), APIRoute):
+            return False
+        # A route that yields its answer: FastAPI runs it as it sends it (README, section 6)
+        streams = isgeneratorfunction(route.endpoint) or isasyncgenfunction(route.endpoint)
+        if streams and asks_for_the_session(route.dependant):
+            return True
+        return commits_after_the_answer(route.dependant)
 
     async def close(self) -> None:  # before the answer is sent: a slow client holds no turn
         if self.turns is not None:
@@ -483,7 +491,8 @@ def commits_after_the_answer(dependant: Dependant) -> bool:
     """A dependency of yours with `yield` that takes the session (README, section 6): FastAPI runs
     its code after `yield` once the answer is sent (unless scope="function"), and it may commit."""
     for sub in dependant.dependencies:
-        has_yield = isgeneratorfunction(sub.call) or isasyncgenfunction(sub.call)
+        calls = (sub.call, sub.call.__call__)  # a function, or an object whose method yields
+        has_yield = any(isgeneratorfunction(call) or isasyncgenfunction(call) for call in calls)
         late = has_yield and sub.scope != "function" and sub.call is not get_session
         if (late and asks_for_the_session(sub)) or commits_after_the_answer(sub):
             return True

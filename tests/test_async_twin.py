@@ -48,7 +48,7 @@ from tests.test_next_steps import (
     answers_through_the_learners_middleware,
     runs_a_deadlock_again_inside_the_learners_middleware,
 )
-from tests.test_one_session_per_request import reads_twice_behind_a_late_commit
+from tests.test_one_session_per_request import reads_twice_behind_a_late_commit, seed
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -785,6 +785,7 @@ def test_readyz_answers_503_naming_a_missing_table(twin_app, engine):
 COMMIT_AFTER_YIELD = """
 
 # --- Added by a learner: a dependency that commits the route's changes after it -------------
+from fastapi import BackgroundTasks
 from sqlalchemy import insert, select
 
 
@@ -820,6 +821,40 @@ async def signup_executed(
 ) -> dict:
     await session.execute(insert(UserTable).values(username=user.username, email=user.email))
     return {"sent": True}  # a statement, not an object: the session holds no new row
+
+
+class Audited:  # FastAPI's docs: an object as the dependency, its __call__ with `yield`
+    async def __call__(self, session: SessionDep):
+        yield session
+        session.add(UserTable(username="audit", email="audit@example.com"))
+        await session.commit()
+
+
+@app.post("/learner/signup-audited-by-an-object", status_code=201)
+async def signup_audited_by_an_object(
+    user: UserInput, session: AsyncSession = Depends(Audited())
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    await session.commit()
+    return {"saved": True}
+
+
+seen_by_the_task = []
+
+
+async def look_for(username: str) -> None:  # a background task, with a session of its own
+    async with new_session() as session:
+        query = select(UserTable.id).filter_by(username=username)
+        seen_by_the_task.append(await session.scalar(query))
+
+
+@app.post("/learner/signup-then-task", status_code=201)
+async def signup_then_task(
+    user: UserInput, tasks: BackgroundTasks, session: AsyncSession = Depends(get_transaction)
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    tasks.add_task(look_for, user.username)
+    return {"queued": True}
 """
 
 
@@ -838,6 +873,75 @@ def test_a_dependency_that_commits_after_the_route_saves_the_routes_changes(twin
 
 def test_a_dependency_that_commits_after_the_route_lets_a_read_answer(twin_app, rows):
     reads_twice_behind_a_late_commit(twin_app(COMMIT_AFTER_YIELD))
+
+
+def test_a_dependency_that_writes_after_yield_once_the_answer_is_sent_keeps_its_row(twin_app, rows):
+    app = twin_app(COMMIT_AFTER_YIELD)
+    with TestClient(app.app) as client:
+        created = client.post("/learner/signup-audited-by-an-object", json=ADA)
+        checked_out = app.db_engine.pool.checkedout()
+    assert created.status_code == 201, created.text
+    assert [row[1] for row in rows()] == ["ada", "audit"]
+    assert checked_out == 0
+
+
+def test_a_background_task_behind_a_late_commit_gets_a_session_in_the_requests_turn(twin_app, rows):
+    app = twin_app(COMMIT_AFTER_YIELD, DB_POOL_SIZE="1")  # the request holds the one turn
+    with TestClient(app.app) as client:  # the task runs before the dependency's commit
+        created = client.post("/learner/signup-then-task", json=ADA)
+        checked_out = app.db_engine.pool.checkedout()
+    assert created.status_code == 201, created.text
+    assert app.seen_by_the_task == [None]  # not committed yet: not seen
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+    assert checked_out == 0
+
+
+YIELDED_ANSWERS = """
+
+# --- Added by a learner: routes that yield their answer (FastAPI's docs: "Stream JSON Lines",
+# "Server-Sent Events"): the route's own code runs while the answer is sent
+from collections.abc import AsyncIterable
+
+from fastapi.sse import EventSourceResponse
+from sqlalchemy import select
+
+
+async def users_in_pages(session: AsyncSession) -> AsyncIterable[UserOutput]:
+    after_id = 0
+    query = select(UserTable).order_by(UserTable.id).limit(100)
+    while page := (await session.scalars(query.where(UserTable.id > after_id))).all():
+        for user in page:
+            yield UserOutput.model_validate(user)
+        after_id = page[-1].id
+
+
+@app.get("/learner/users.jsonl")
+async def users_as_json_lines(session: SessionDep) -> AsyncIterable[UserOutput]:
+    async for user in users_in_pages(session):
+        yield user
+
+
+@app.get("/learner/users-events", response_class=EventSourceResponse)
+async def users_as_events(session: SessionDep) -> AsyncIterable[UserOutput]:
+    async for user in users_in_pages(session):
+        yield user
+"""
+
+
+@pytest.mark.parametrize("path", ["/learner/users.jsonl", "/learner/users-events"])
+def test_a_route_that_yields_its_answer_keeps_its_session_until_the_last_row(
+    twin_app, engine, path
+):
+    app = twin_app(YIELDED_ANSWERS, DB_POOL_SIZE="1")
+    with TestClient(app.app) as client:
+        client.get("/readyz")  # the tables exist
+        seed(engine, 250)  # three pages
+        streamed = [client.get(path) for _ in range(3)]
+        checked_out = app.db_engine.pool.checkedout()
+    lines = [line for line in streamed[-1].text.splitlines() if line.startswith(("{", "data:"))]
+    assert [answer.status_code for answer in streamed] == [200] * 3
+    assert len(lines) == 250 and "user249" in lines[-1]
+    assert checked_out == 0
 
 
 SLOW_BESIDE_THE_DATABASE = """

@@ -200,7 +200,7 @@ def test_a_deadlock_after_a_commit_through_a_session_of_its_own_is_not_run_again
 COMMIT_AFTER_YIELD = """
 
 # --- Added by a learner: a dependency that commits the route's changes after it -------------
-from fastapi import Depends
+from fastapi import BackgroundTasks, Depends
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -263,6 +263,33 @@ def signup_audited_late(user: UserInput, session: Session = Depends(get_audited)
     session.add(UserTable(username=user.username, email=user.email))
     session.commit()
     return {"saved": True}
+
+
+class Audited:  # FastAPI's docs: an object as the dependency, its __call__ with `yield`
+    def __call__(self, session: SessionDep):
+        yield from get_audited(session)
+
+
+@app.post("/learner/signup-audited-by-an-object", status_code=201)
+def signup_audited_by_an_object(user: UserInput, session: Session = Depends(Audited())) -> dict:
+    return signup_audited_late(user, session)
+
+
+seen_by_the_task = []
+
+
+def look_for(username: str) -> None:  # a background task, with a session of its own
+    with new_session() as session:
+        seen_by_the_task.append(session.scalar(select(UserTable.id).filter_by(username=username)))
+
+
+@app.post("/learner/signup-then-task", status_code=201)
+def signup_then_task(
+    user: UserInput, tasks: BackgroundTasks, session: Session = Depends(get_transaction)
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    tasks.add_task(look_for, user.username)
+    return {"queued": True}
 """
 
 
@@ -311,15 +338,33 @@ def test_a_dependency_that_writes_after_yield_in_function_scope_keeps_its_row(le
     assert [row[1] for row in rows()] == ["ada", "audit"]
 
 
+@pytest.mark.parametrize(
+    "path", ["/learner/signup-audited-late", "/learner/signup-audited-by-an-object"]
+)
 def test_a_dependency_that_writes_after_yield_once_the_answer_is_sent_keeps_its_row(
-    learner_app, rows
+    learner_app, rows, path
 ):
     app = learner_app(COMMIT_AFTER_YIELD)
     with TestClient(app.app) as client:  # its session stays open, in its turn, until then
-        created = client.post("/learner/signup-audited-late", json=ADA)
+        created = client.post(path, json=ADA)
         checked_out = app.db_engine.pool.checkedout()
     assert created.status_code == 201, created.text
     assert [row[1] for row in rows()] == ["ada", "audit"]
+    assert checked_out == 0
+
+
+def test_a_background_task_behind_a_late_commit_gets_a_session_in_the_requests_turn(
+    learner_app, rows
+):
+    app = learner_app(COMMIT_AFTER_YIELD, DB_POOL_SIZE="1")  # the request holds the one turn
+    with TestClient(app.app) as client:  # the task runs before the dependency's commit
+        started = time.monotonic()
+        created = client.post("/learner/signup-then-task", json=ADA)
+        took = time.monotonic() - started
+        checked_out = app.db_engine.pool.checkedout()
+    assert created.status_code == 201, created.text
+    assert app.seen_by_the_task == [None], f"after {took:.1f} s"  # not committed yet: not seen
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
     assert checked_out == 0
 
 
@@ -352,6 +397,52 @@ def visit(user_id: int, background_tasks: BackgroundTasks, session: SessionDep) 
     background_tasks.add_task(remember_visit, session, user_id)
     return {"queued": True}
 """
+
+
+YIELDED_ANSWERS = """
+
+# --- Added by a learner: routes that yield their answer (FastAPI's docs: "Stream JSON Lines",
+# "Server-Sent Events"): the route's own code runs while the answer is sent
+from collections.abc import Iterable
+
+from fastapi.sse import EventSourceResponse
+from sqlalchemy import select
+
+
+def users_in_pages(session: Session) -> Iterable[UserOutput]:
+    after_id = 0
+    while page := session.scalars(
+        select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id).limit(100)
+    ).all():
+        yield from map(UserOutput.model_validate, page)
+        after_id = page[-1].id
+
+
+@app.get("/learner/users.jsonl")
+def users_as_json_lines(session: SessionDep) -> Iterable[UserOutput]:
+    yield from users_in_pages(session)
+
+
+@app.get("/learner/users-events", response_class=EventSourceResponse)
+def users_as_events(session: SessionDep) -> Iterable[UserOutput]:
+    yield from users_in_pages(session)
+"""
+
+
+@pytest.mark.parametrize("path", ["/learner/users.jsonl", "/learner/users-events"])
+def test_a_route_that_yields_its_answer_keeps_its_session_until_the_last_row(
+    learner_app, engine, path
+):
+    app = learner_app(YIELDED_ANSWERS, DB_POOL_SIZE="1")
+    with TestClient(app.app) as client:
+        client.get("/readyz")  # the tables exist
+        seed(engine, 250)  # three pages
+        streamed = [client.get(path) for _ in range(3)]
+        checked_out = app.db_engine.pool.checkedout()
+    lines = [line for line in streamed[-1].text.splitlines() if line.startswith(("{", "data:"))]
+    assert [answer.status_code for answer in streamed] == [200] * 3
+    assert len(lines) == 250 and "user249" in lines[-1]
+    assert checked_out == 0
 
 
 def readmes_block(containing: str) -> str:
