@@ -629,8 +629,8 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
             finally:
                 await work.close()  # if a session was opened and not yet closed
                 this_request.reset(token)
-            if answer is not None:
-                return await answer(run, work.receive, send)
+            if answer is not None:  # the body again, for a handler of yours that reads it
+                return await answer(run, RequestWork(run, receive, send, kept, False).receive, send)
 
     return middleware
 

@@ -40,10 +40,12 @@ from tests.support import (
 from tests.test_next_steps import (
     CORS_FOR_A_FRONTEND,
     GIVEN_OUR_MIDDLEWARE,
+    LOGGED_ERRORS,
     MOUNTED,
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
     answers_201_then_409,
+    answers_409_to_a_handler_that_reads_the_body,
     answers_in_the_learners_format,
     answers_through_the_learners_middleware,
     runs_a_deadlock_again_inside_the_learners_middleware,
@@ -693,6 +695,10 @@ def test_testclient_without_with_answers_every_request(twin_app, rows):
 
 def test_the_learners_own_httpexception_handler_shapes_the_apps_409_too(twin_app, rows):
     answers_in_the_learners_format(twin_app(PLAIN_TEXT_ERRORS), rows)
+
+
+def test_the_learners_handler_that_reads_the_body_answers_the_apps_409(twin_app, caplog):
+    answers_409_to_a_handler_that_reads_the_body(twin_app(LOGGED_ERRORS), caplog)
 
 
 def test_get_session_overridden_as_fastapis_testing_docs_do_answers_201_then_409(

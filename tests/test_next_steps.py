@@ -4,6 +4,7 @@ that loses a deadlock, a slow client, a middleware of the learner's. Each was a 
 app's own machinery, or is a way FastAPI's docs teach. (WebSockets, streams and background
 tasks: tests/test_one_session_per_request.py.)"""
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -282,6 +283,43 @@ def answers_in_the_learners_format(app, rows) -> None:  # main's copy here, the 
     assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
     assert (missing.status_code, missing.text) == (404, "Error: User not found")
     assert [row[1] for row in rows()] == ["ada"]
+
+
+LOGGED_ERRORS = """
+
+# --- Added by a learner: each error logged with the body that caused it, then FastAPI's answer
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+@app.exception_handler(StarletteHTTPException)
+async def logged_errors(request, error):
+    body = await request.body()
+    logger.info("%s answered %s, the body sent: %r", request.url.path, error.status_code, body)
+    return await http_exception_handler(request, error)
+"""
+
+
+def test_the_learners_handler_that_reads_the_body_answers_the_apps_409(learner_app, caplog):
+    answers_409_to_a_handler_that_reads_the_body(learner_app(LOGGED_ERRORS), caplog)
+
+
+def answers_409_to_a_handler_that_reads_the_body(app, caplog) -> None:  # main's, the twin's too
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    with TestClient(app.app):  # the lifespan: the tables
+        pass
+
+    async def post_twice() -> list:  # a client that waits at most 10 s for each answer
+        transport = httpx2.ASGITransport(app=app.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
+            with anyio.fail_after(10):
+                return [await client.post("/users/", json=ADA) for _ in range(2)]
+
+    created, taken = anyio.run(post_twice)
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
+    [logged] = [line for line in caplog.text.splitlines() if "answered 409, the body" in line]
+    assert "ada@example.com" in logged
 
 
 # --- Added by a learner right after `app = ...`, where FastAPI's "CORS" page adds it ----------
