@@ -552,17 +552,19 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
         return None
     # A taken username: the unique index decides, not a SELECT first, which races would pass.
     conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
-    if conflict and "username" in cause[-20:]:
+    if committed:  # a part is saved: a 409 or a 503 would say nothing was, and invite a resend
+        status_code, detail = 500, "Internal Server Error"
+        cause += "; not run again: the request had committed already"
+    elif conflict and "username" in cause[-20:]:
         return the_apps_answer_to(HTTPException(status.HTTP_409_CONFLICT, "Username already taken"))
-    if conflict:  # another rule: a bug, logged
+    elif conflict:  # another rule: a bug, logged
         status_code, detail = 409, "Conflicts with existing data"
-    elif (code in BUSY_CODES and not committed) or isinstance(error, exc.TimeoutError):
+    elif code in BUSY_CODES or isinstance(error, exc.TimeoutError):
         status_code, detail = 503, "Database busy, try again"  # sent again, it is likely to work
     elif code in UNAVAILABLE_CODES or error.connection_invalidated:
         status_code, detail = 503, "Database unavailable"
-    else:  # the schema and the model disagree, a bug, or busy after a commit: see the log
+    else:  # the schema and the model disagree, or a bug: see the log
         status_code, detail = 500, "Internal Server Error"
-        cause += "; not run again: the request had committed already" if committed else ""
     logger.error("Database error on %s, answered %s %s: %s", work.where, status_code, detail, cause)
     retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
     headers = {"Retry-After": retry_after} if retry_after else None

@@ -50,7 +50,11 @@ from tests.test_next_steps import (
     answers_through_the_learners_middleware,
     runs_a_deadlock_again_inside_the_learners_middleware,
 )
-from tests.test_one_session_per_request import reads_twice_behind_a_late_commit, seed
+from tests.test_one_session_per_request import (
+    answers_500_to_a_conflict_after_a_commit,
+    reads_twice_behind_a_late_commit,
+    seed,
+)
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -829,11 +833,25 @@ async def signup_executed(
     return {"sent": True}  # a statement, not an object: the session holds no new row
 
 
+async def get_audited(session: SessionDep):  # a write of its own after the route
+    yield session
+    session.add(UserTable(username="audit", email="audit@example.com"))
+    await session.commit()
+
+
+@app.post("/learner/signup-audited", status_code=201)
+async def signup_audited(
+    user: UserInput, session: AsyncSession = Depends(get_audited, scope="function")
+) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    await session.commit()
+    return {"saved": True}
+
+
 class Audited:  # FastAPI's docs: an object as the dependency, its __call__ with `yield`
     async def __call__(self, session: SessionDep):
-        yield session
-        session.add(UserTable(username="audit", email="audit@example.com"))
-        await session.commit()
+        async for same_session in get_audited(session):
+            yield same_session
 
 
 @app.post("/learner/signup-audited-by-an-object", status_code=201)
@@ -889,6 +907,10 @@ def test_a_dependency_that_writes_after_yield_once_the_answer_is_sent_keeps_its_
     assert created.status_code == 201, created.text
     assert [row[1] for row in rows()] == ["ada", "audit"]
     assert checked_out == 0
+
+
+def test_a_taken_username_after_the_request_committed_answers_500_not_409(twin_app, rows, caplog):
+    answers_500_to_a_conflict_after_a_commit(twin_app(COMMIT_AFTER_YIELD), rows, caplog)
 
 
 def test_a_background_task_behind_a_late_commit_gets_a_session_in_the_requests_turn(twin_app, rows):

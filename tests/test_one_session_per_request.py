@@ -330,6 +330,22 @@ def test_a_commit_after_yield_in_function_scope_answers_a_taken_username_409(lea
     assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
 
 
+def test_a_taken_username_after_the_request_committed_answers_500_not_409(
+    learner_app, rows, caplog
+):
+    answers_500_to_a_conflict_after_a_commit(learner_app(COMMIT_AFTER_YIELD), rows, caplog)
+
+
+def answers_500_to_a_conflict_after_a_commit(app, rows, caplog) -> None:  # main's, the twin's
+    bob = {"username": "bob", "email": "bob@example.com"}
+    with TestClient(app.app) as client:  # the second audit row's username is taken
+        first, second = (client.post("/learner/signup-audited", json=user) for user in (ADA, bob))
+    assert first.status_code == 201, first.text
+    assert (second.status_code, second.json()) == (500, {"detail": "Internal Server Error"})
+    assert [row[1] for row in rows()] == ["ada", "audit", "bob"]  # bob's was committed
+    assert "the request had committed already" in caplog.text
+
+
 def test_a_dependency_that_writes_after_yield_in_function_scope_keeps_its_row(learner_app, rows):
     app = learner_app(COMMIT_AFTER_YIELD)
     with TestClient(app.app) as client:
