@@ -417,7 +417,7 @@ class RequestWork:
     def __init__(self, scope: Scope, receive: Receive, send: Send, kept: list, first: bool) -> None:
         self.scope, self.from_client, self.to_client, self.kept = scope, receive, send, kept
         self.can_run_again = first and scope["type"] == "http"  # once, for HTTP
-        self.session, self.turns, self.answered = None, None, False
+        self.session, self.turns, self.answered, self.sent_whole = None, None, False, False
         self.app = scope.get("app")  # ours: an app mounted in it answers its own errors
         self.delivered = self.commits = self.connections = self.own_connections = 0
 
@@ -484,6 +484,8 @@ class RequestWork:
             self.answered = True  # the answer is built: an idle socket or a slow client holds
             if not self.needed_after_the_answer():  # no turn, nor a background task after it
                 await self.close()
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.sent_whole = True  # all of it: a later error cannot cut it short
         await self.to_client(message)
 
 
@@ -540,9 +542,12 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     if work.scope["type"] == "websocket":
         logger.error("Database error on %s, closed with 1011: %s", work.where, cause)
         return WebSocketClose(status.WS_1011_INTERNAL_ERROR)
+    if work.sent_whole:  # a late commit: this line only (a traceback prints the SQL, e-mails)
+        logger.error("Database error on %s, after the answer was sent: %s", work.where, cause)
+        return nothing_more
     if work.answered:  # a streamed answer has begun: nothing more can be said to the client
         logger.error("Database error on %s, after the answer began: %s", work.where, cause)
-        raise error
+        raise error  # the answer cut short: the client sees it broken, not complete
     # MySQL (or Galera, for a clash of nodes' writes) undoes one transaction of a deadlock: run
     # again, it meets the winner's rows. After a commit that part would be written twice: a 500.
     # A connection that was not a session of ours may have committed: then it is not run again.
@@ -569,6 +574,10 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     retry_after = {"Database busy, try again": "1", "Database unavailable": "5"}.get(detail)
     headers = {"Retry-After": retry_after} if retry_after else None
     return the_apps_answer_to(HTTPException(status_code, detail, headers=headers))
+
+
+async def nothing_more(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to an error after the answer was sent whole: none, the client has it."""
 
 
 def the_apps_answer_to(error: HTTPException) -> ASGIApp:

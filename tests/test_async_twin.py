@@ -52,6 +52,7 @@ from tests.test_next_steps import (
 )
 from tests.test_one_session_per_request import (
     answers_500_to_a_conflict_after_a_commit,
+    logs_a_late_commit_that_fails_in_one_line,
     reads_twice_behind_a_late_commit,
     seed,
 )
@@ -907,6 +908,12 @@ def test_a_dependency_that_writes_after_yield_once_the_answer_is_sent_keeps_its_
     assert created.status_code == 201, created.text
     assert [row[1] for row in rows()] == ["ada", "audit"]
     assert checked_out == 0
+
+
+def test_a_late_commit_that_fails_once_the_answer_is_sent_is_logged_in_one_line(
+    twin_app, rows, caplog
+):
+    logs_a_late_commit_that_fails_in_one_line(twin_app(COMMIT_AFTER_YIELD), rows, caplog)
 
 
 def test_a_taken_username_after_the_request_committed_answers_500_not_409(twin_app, rows, caplog):

@@ -330,6 +330,23 @@ def test_a_commit_after_yield_in_function_scope_answers_a_taken_username_409(lea
     assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
 
 
+def test_a_late_commit_that_fails_once_the_answer_is_sent_is_logged_in_one_line(
+    learner_app, rows, caplog
+):
+    logs_a_late_commit_that_fails_in_one_line(learner_app(COMMIT_AFTER_YIELD), rows, caplog)
+
+
+def logs_a_late_commit_that_fails_in_one_line(app, rows, caplog) -> None:  # main's, the twin's
+    with TestClient(app.app) as client:  # the second is told 201: its commit comes after that
+        answers = [client.post("/learner/signup-added", json=ADA) for _ in range(2)]
+        answers.append(client.get("/users/1"))  # the connection, and the app, go on
+    assert [answer.status_code for answer in answers] == [201, 201, 200]
+    assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+    [logged] = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert "POST /learner/signup-added, after the answer was sent: IntegrityError" in logged
+    assert "INSERT" not in caplog.text and "ada@example.com" not in caplog.text  # no SQL, no values
+
+
 def test_a_taken_username_after_the_request_committed_answers_500_not_409(
     learner_app, rows, caplog
 ):
