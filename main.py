@@ -386,8 +386,8 @@ def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits fo
 def new_session() -> Iterator[Session]:
     """A session and a turn of its own, for work after a request's own code: a streamed answer,
     a background task, a WebSocket's message (README, section 6). Use it in a plain def."""
-    work = this_request.get(None)  # its request may hold a turn still, kept for a late commit:
-    in_its_turn = work is not None and work.turns is not None  # then it runs in that one
+    work = this_request.get(None)  # in a request that holds a turn (its route, or a task behind
+    in_its_turn = work is not None and work.turns is not None  # a late commit): runs in that one
     turns = None if in_its_turn else from_thread.run(take_turn)
     session = session_factory(bind=db_engine)
     try:

@@ -45,7 +45,6 @@ db_engine = create_async_engine(
     # which would get a kind of pool that has no pool_timeout), which part 3 refuses, saying why.
     poolclass=AsyncAdaptedQueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
-    max_overflow=0,  # and no more: at most DB_POOL_SIZE requests use the database at once
     pool_timeout=settings.db_timeout / 2,  # half: the other is for the database's answer (part 3)
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
 )
@@ -496,8 +495,8 @@ async def close_session(session: AsyncSession) -> None:
 async def new_session() -> AsyncIterator[AsyncSession]:
     """A session and a turn of its own, for work after a request's own code: a streamed answer,
     a background task, a WebSocket's message (README, section 6). Use it in an async def."""
-    work = this_request.get(None)  # its request may hold a turn still, kept for a late commit:
-    in_its_turn = work is not None and work.turns is not None  # then it runs in that one
+    work = this_request.get(None)  # in a request that holds a turn (its route, or a task behind
+    in_its_turn = work is not None and work.turns is not None  # a late commit): runs in that one
     turns = None if in_its_turn else await take_turn()
     session = session_factory(bind=db_engine)
     try:

@@ -52,6 +52,7 @@ from tests.test_next_steps import (
 )
 from tests.test_one_session_per_request import (
     answers_500_to_a_conflict_after_a_commit,
+    counts_in_a_second_session,
     logs_a_late_commit_that_fails_in_one_line,
     reads_twice_behind_a_late_commit,
     seed,
@@ -878,6 +879,7 @@ async def signup_then_task(
     user: UserInput, tasks: BackgroundTasks, session: AsyncSession = Depends(get_transaction)
 ) -> dict:
     session.add(UserTable(username=user.username, email=user.email))
+    await session.flush()  # the INSERT is sent: the request's session holds a connection
     tasks.add_task(look_for, user.username)
     return {"queued": True}
 """
@@ -908,6 +910,24 @@ def test_a_dependency_that_writes_after_yield_once_the_answer_is_sent_keeps_its_
     assert created.status_code == 201, created.text
     assert [row[1] for row in rows()] == ["ada", "audit"]
     assert checked_out == 0
+
+
+SECOND_SESSION_IN_THE_ROUTE = """
+
+# --- Added by a learner: a route that opens a session of its own beside the request's
+from sqlalchemy import func, select
+
+
+@app.get("/learner/count-beside")
+async def count_beside(session: SessionDep) -> dict:
+    await session.scalar(select(UserTable.id).limit(1))  # the request's holds a connection
+    async with new_session() as other:
+        return {"users": await other.scalar(select(func.count()).select_from(UserTable))}
+"""
+
+
+def test_a_route_that_opens_a_second_session_runs_it_in_its_own_turn(twin_app):
+    counts_in_a_second_session(twin_app(SECOND_SESSION_IN_THE_ROUTE, DB_POOL_SIZE="1"))
 
 
 def test_a_late_commit_that_fails_once_the_answer_is_sent_is_logged_in_one_line(

@@ -288,6 +288,7 @@ def signup_then_task(
     user: UserInput, tasks: BackgroundTasks, session: Session = Depends(get_transaction)
 ) -> dict:
     session.add(UserTable(username=user.username, email=user.email))
+    session.flush()  # the INSERT is sent: the request's session holds a connection
     tasks.add_task(look_for, user.username)
     return {"queued": True}
 """
@@ -398,6 +399,34 @@ def test_a_background_task_behind_a_late_commit_gets_a_session_in_the_requests_t
     assert created.status_code == 201, created.text
     assert app.seen_by_the_task == [None], f"after {took:.1f} s"  # not committed yet: not seen
     assert [row[1:] for row in rows()] == [("ada", "ada@example.com")]
+    assert checked_out == 0
+
+
+SECOND_SESSION_IN_THE_ROUTE = """
+
+# --- Added by a learner: a route that opens a session of its own beside the request's
+from sqlalchemy import func, select
+
+
+@app.get("/learner/count-beside")
+def count_beside(session: SessionDep) -> dict:
+    session.scalar(select(UserTable.id).limit(1))  # the request's session holds a connection
+    with new_session() as other:
+        return {"users": other.scalar(select(func.count()).select_from(UserTable))}
+"""
+
+
+def test_a_route_that_opens_a_second_session_runs_it_in_its_own_turn(learner_app):
+    counts_in_a_second_session(learner_app(SECOND_SESSION_IN_THE_ROUTE, DB_POOL_SIZE="1"))
+
+
+def counts_in_a_second_session(app) -> None:  # main's copy, the twin's too
+    with TestClient(app.app) as client:  # before: it waited for a second turn, 503 after 5 s
+        started = time.monotonic()
+        counted = client.get("/learner/count-beside")
+        took = time.monotonic() - started
+        checked_out = app.db_engine.pool.checkedout()
+    assert (counted.status_code, counted.json()) == (200, {"users": 0}), f"after {took:.1f} s"
     assert checked_out == 0
 
 
