@@ -343,6 +343,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' t
         if work := this_request.get(None):
             work.connections += 1
 
+    @event.listens_for(engine, "commit")  # a COMMIT sent: if its answer is lost, done or not?
+    def note_commit_sent(*_: object) -> None:
+        if work := this_request.get(None):
+            work.commits_sent += 1
+
     # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. Each
     # starts the request's bound (bound_wait, below), and its end stops it.
     for starts in ("before_cursor_execute", "commit", "rollback"):
@@ -529,7 +534,8 @@ class RequestWork:
         self.session, self.turns, self.answered, self.sent_whole = None, None, False, False
         self.app = scope.get("app")  # ours: an app mounted in it answers its own errors
         self.waits = anyio.CancelScope()  # the bound of its waits for the database
-        self.delivered = self.commits = self.connections = self.own_connections = 0
+        self.delivered = self.connections = self.own_connections = 0
+        self.commits_sent = self.commits = 0  # COMMITs sent, and those the server said were done
 
     @property
     def where(self) -> str:  # for the log
@@ -666,9 +672,14 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
         return None
     # A taken username: the unique index decides, not a SELECT first, which races would pass.
     conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
+    # A COMMIT sent, then the connection lost: done or not, no one can tell (a resend may repeat it)
+    unknown = work.commits_sent > work.commits and code in (2006, 2013, 2055)
     if committed:  # a part is saved: a 409 or a 503 would say nothing was, and invite a resend
         status_code, detail = 500, "Internal Server Error"
         cause += "; not run again: the request had committed already"
+    elif unknown:
+        status_code, detail = 500, "Saved or not is unknown: the database went away"
+        cause += "; not run again: its COMMIT's answer was lost"
     elif conflict and "username" in cause[-20:]:
         return the_apps_answer_to(HTTPException(status.HTTP_409_CONFLICT, "Username already taken"))
     elif conflict:  # another rule: a bug, logged

@@ -450,6 +450,44 @@ def test_a_connection_lost_as_a_read_closes_still_answers_the_read(engine, clien
     assert checked_out == 0
 
 
+def test_a_commit_whose_answer_is_lost_answers_500_saved_or_not_never_503(
+    engine, client, monkeypatch, caplog
+):
+    # The COMMIT is sent, then the network drops: the server may have done it or not, and no one
+    # can tell. A 503 would say "nothing saved, send it again": a resend could write it twice.
+    if engine.dialect.name != "mysql":
+        pytest.skip("a network between the app and its server: MySQL")
+    proxy, cuts = TcpProxy(engine.url.host, engine.url.port or 3306), []
+    try:
+        monkeypatch.setattr(main, "db_engine", create_engine(url_of(engine, proxy)))
+        app_engine = getattr(main.db_engine, "sync_engine", main.db_engine)  # the twin's too
+        if (
+            app_engine is main.db_engine
+        ):  # main's: guarded as main.py guards its own (the twin's is)
+            main.guard_engine(app_engine)
+
+        @event.listens_for(app_engine, "commit")  # as the COMMIT is about to be sent
+        def cut_at_the_commit(connection: object) -> None:
+            if not cuts:
+                cuts.append(connection)
+                proxy.cut()
+
+        created = client.post("/users/", json={"username": "ada", "email": "a@example.com"})
+        proxy.restore()
+        checked_out = app_engine.pool.checkedout()
+    finally:
+        if hasattr(main.db_engine, "sync_engine"):  # the twin's: closed on the app's own loop
+            client.portal.call(main.db_engine.dispose)
+        else:
+            main.db_engine.dispose()
+        proxy.close()
+    assert created.status_code == 500, created.text
+    assert created.json() == {"detail": "Saved or not is unknown: the database went away"}
+    assert "Retry-After" not in created.headers
+    assert "its COMMIT's answer was lost" in caplog.text
+    assert checked_out == 0
+
+
 def test_a_database_that_refuses_the_app_at_runtime_answers_503_unavailable(
     engine, client, monkeypatch, caplog
 ):

@@ -252,12 +252,16 @@ def test_two_apps_with_two_workers_each_start_together_on_an_empty_database(
 
 # --- A crash, then the loss of quorum (issue 18). These kill members: they come last, and each
 # leaves the cluster whole again.
+SAVED_OR_NOT = "Saved or not is unknown: the database went away"  # 500: never sent again
+
+
 class Writers:
     """Clients that create users through one app, one request after another, until stopped."""
 
     def __init__(self, app: httpx2.Client, clients: int):
         self.app = app
         self.created: list[int] = []  # the id of every 201
+        self.unknown: list[str] = []  # the username of every "saved or not"
         self.answers: list[tuple[float, object]] = []  # (when answered, status or "timeout")
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=clients)
@@ -274,7 +278,11 @@ class Writers:
             except httpx2.TimeoutException:
                 self.answers.append((time.monotonic(), "timeout"))
                 continue
-            self.answers.append((time.monotonic(), response.status_code))
+            status = response.status_code
+            if status == 500 and response.json() == {"detail": SAVED_OR_NOT}:
+                status = "saved or not"  # its COMMIT was sent, and its answer lost
+                self.unknown.append(body["username"])
+            self.answers.append((time.monotonic(), status))
             if response.status_code == 201:
                 self.created.append(response.json()["id"])
 
@@ -297,14 +305,16 @@ def test_a_node_crash_under_load_costs_a_few_503s_and_no_acknowledged_write(clus
     failures = [when - killed_at for when, status in writers.answers if status != 201]
     last_failure = max(failures, default=0.0)
     missing = set(writers.created) - {user_id for user_id, _ in rows(engines[0])}
+    saved = set(writers.unknown) & {username for _, username in rows(engines[0])}
     rejoined = cluster.restore()
     print(
         f"\nnode 2 SIGKILLed under 8 writers on app 1: answered after the kill {dict(after)},"
         f" the last failure {last_failure:.1f} s after it; {len(writers.created)} acknowledged"
-        f" writes, {len(missing)} missing on node 1; node 2 restarted and Synced in"
+        f" writes, {len(missing)} missing on node 1; of the {len(writers.unknown)} answered"
+        f" 'saved or not', {len(saved)} saved; node 2 restarted and Synced in"
         f" {rejoined:.1f} s; app 1's log: {dict(apps.causes(0))}"
     )
-    assert set(after) <= {201, 503}, after
+    assert set(after) <= {201, 503, "saved or not"}, after
     assert set(late) == {201}, late
     assert not missing
     assert set(writers.created) <= {user_id for user_id, _ in rows(engines[1])}  # caught up
@@ -349,7 +359,7 @@ def test_without_quorum_every_database_route_and_readyz_answer_503(cluster, apps
         assert response.headers["Retry-After"], name
     assert answers["GET /users/"].json() == {"detail": "Database unavailable"}
     assert live.status_code == 200
-    assert set(writers.since(lost_at)) <= {201, 503}
+    assert set(writers.since(lost_at)) <= {201, 503, "saved or not"}
     assert after.status_code == 200
 
 
