@@ -654,7 +654,8 @@ def prepare_database() -> None:  # at startup, which prepares again
             if refused or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {error.orig}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
-            logger.warning("Database not ready (%s): again in %.2f s", error.orig, pause)
+            waiting = "Database not ready, or another worker preparing it (%s): again in %.2f s"
+            logger.warning(waiting, error.orig, pause)
             time.sleep(min(pause, left))
             pause *= 2
     with db_engine.connect() as connection:  # create_all never changes a table that exists

@@ -765,7 +765,8 @@ async def prepare_database() -> None:  # at startup, which prepares again
             if refused or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {why}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
-            logger.warning("Database not ready (%s): again in %.2f s", why, pause)
+            waiting = "Database not ready, or another worker preparing it (%s): again in %.2f s"
+            logger.warning(waiting, why, pause)
             await anyio.sleep(min(pause, left))
             pause *= 2
     async with db_engine.connect() as connection:  # create_all never changes a table that exists

@@ -22,6 +22,8 @@ def test_all_workers_start_on_an_empty_database_when_their_first_queries_collide
             started = server.count("Application startup complete.")
             assert server.count("Application startup failed.") == 0, "\n".join(server.lines)
             assert started == WORKERS, "\n".join(server.lines)
+            waits = [line for line in server.lines if "again in" in line]  # workers that collided
+            assert all("or another worker preparing it" in line for line in waits), waits
             with server.client() as http:
                 assert (
                     http.post(
