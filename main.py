@@ -242,7 +242,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from inspect import isasyncgenfunction, iscoroutinefunction, isgeneratorfunction
+from inspect import isasyncgenfunction, isclass, iscoroutinefunction, isgeneratorfunction, isroutine
 from typing import get_type_hints
 
 import anyio
@@ -689,8 +689,8 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                 continue
             for name in async_defs_taking_the_session(route.dependant):
                 logger.warning(
-                    "%s %s: %s() is an async def that takes the session: while SQL it runs"
-                    " itself waits (not in run_in_threadpool), no other request moves. Make it"
+                    "%s %s: %s() is an async def that takes the session: while it waits for"
+                    " its SQL, on the event loop, no other request moves at all. Make it"
                     " a plain def (README, section 6).",
                     ",".join(sorted(route.methods)),
                     route.path,
@@ -706,6 +706,8 @@ def async_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
     """The route's function, then its dependencies, found by their type hint `Session` (after
     exercise 6 there is no get_session to look for)."""
     call, hints = dependant.call, {}
+    if callable(call) and not (isroutine(call) or isclass(call)):
+        call = call.__call__  # an object that is called: its method
     with contextlib.suppress(TypeError, NameError):  # no hints, or one naming what is not there
         hints = get_type_hints(call)
     is_async = iscoroutinefunction(call) or isasyncgenfunction(call)  # with `yield` too

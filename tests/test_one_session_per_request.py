@@ -812,6 +812,16 @@ def touch(session: Session = Depends(get_transaction_async)) -> dict:
     return {"touched": True}
 
 
+class FirstUser:  # an object as the dependency, its __call__ an async def: the same
+    async def __call__(self, session: SessionDep) -> UserTable:
+        return session.get(UserTable, 1)
+
+
+@app.get("/learner/first-by-an-object")
+def read_first_user_by_an_object(user: UserTable = Depends(FirstUser())) -> dict:
+    return {"username": user.username}
+
+
 from fastapi import APIRouter  # noqa: E402
 
 router = APIRouter(prefix="/learner/grouped")  # routes grouped, as bigger apps do
@@ -832,11 +842,12 @@ def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine,
         pass
     warnings = [line for line in server.lines if "async def" in line]
     print(f"\n{engine.dialect.name}: {warnings}")
-    assert len(warnings) == 4, server.lines  # the WebSockets and the def routes are fine
+    assert len(warnings) == 5, server.lines  # the WebSockets and the def routes are fine
     assert "/learner/async-users/{user_id}" in warnings[0] and "read_user_async" in warnings[0]
     assert "/learner/first" in warnings[1] and "first_user_async" in warnings[1]
     assert "/learner/touch" in warnings[2] and "get_transaction_async" in warnings[2]
-    assert "/learner/grouped/{user_id}" in warnings[3] and "read_grouped_user" in warnings[3]
+    assert "/learner/first-by-an-object" in warnings[3] and "FirstUser" in warnings[3]
+    assert "/learner/grouped/{user_id}" in warnings[4] and "read_grouped_user" in warnings[4]
     assert all(warning.startswith("WARNING") for warning in warnings)
 
 
