@@ -319,6 +319,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and the tests' engines
         if work := this_request.get(None):
             work.connections += 1
 
+    @event.listens_for(engine, "commit")  # a COMMIT sent: if its answer is lost, done or not?
+    def note_commit_sent(*_: object) -> None:
+        if work := this_request.get(None):
+            work.commits_sent += 1
+
     # PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait.
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
@@ -368,13 +373,6 @@ def remember_connection(session: Session, transaction: object, connection: Conne
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
     if work := this_request.get(None):
         work.own_connections += 1
-
-
-# A session's listener, not the engine's: an engine's would slow every statement (about 4%)
-@event.listens_for(session_factory, "before_commit")  # a COMMIT to be sent: if its answer is lost,
-def note_commit_sent(session: Session) -> None:  # done or not? (a flush comes first)
-    if work := this_request.get(None):
-        work.commits_sent += 1
 
 
 @event.listens_for(session_factory, "after_commit")

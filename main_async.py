@@ -343,6 +343,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' t
         if work := this_request.get(None):
             work.connections += 1
 
+    @event.listens_for(engine, "commit")  # a COMMIT sent: if its answer is lost, done or not?
+    def note_commit_sent(*_: object) -> None:
+        if work := this_request.get(None):
+            work.commits_sent += 1
+
     # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. Each
     # starts the request's bound (bound_wait, below), and its end stops it.
     for starts in ("before_cursor_execute", "commit", "rollback"):
@@ -457,13 +462,6 @@ def remember_connection(session: Session, transaction: object, connection: Conne
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
     if work := this_request.get(None):
         work.own_connections += 1
-
-
-# A session's listener, not the engine's: an engine's would slow every statement (about 4%)
-@event.listens_for(RequestSession, "before_commit")  # a COMMIT to be sent: if its answer is lost,
-def note_commit_sent(session: Session) -> None:  # done or not? (a flush comes first)
-    if work := this_request.get(None):
-        work.commits_sent += 1
 
 
 @event.listens_for(RequestSession, "after_commit")
