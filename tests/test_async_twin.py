@@ -55,7 +55,7 @@ from tests.test_one_session_per_request import (
     counts_in_a_second_session,
     logs_a_late_commit_that_fails_in_one_line,
     reads_twice_behind_a_late_commit,
-    seed,
+    streams_every_row,
 )
 
 ADA = {"username": "ada", "email": "ada@example.com"}
@@ -987,16 +987,7 @@ async def users_as_events(session: SessionDep) -> AsyncIterable[UserOutput]:
 def test_a_route_that_yields_its_answer_keeps_its_session_until_the_last_row(
     twin_app, engine, path
 ):
-    app = twin_app(YIELDED_ANSWERS, DB_POOL_SIZE="1")
-    with TestClient(app.app) as client:
-        client.get("/readyz")  # the tables exist
-        seed(engine, 250)  # three pages
-        streamed = [client.get(path) for _ in range(3)]
-        checked_out = app.db_engine.pool.checkedout()
-    lines = [line for line in streamed[-1].text.splitlines() if line.startswith(("{", "data:"))]
-    assert [answer.status_code for answer in streamed] == [200] * 3
-    assert len(lines) == 250 and "user249" in lines[-1]
-    assert checked_out == 0
+    streams_every_row(twin_app(YIELDED_ANSWERS, DB_POOL_SIZE="1"), engine, path)
 
 
 SLOW_BESIDE_THE_DATABASE = """

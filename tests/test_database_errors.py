@@ -4,11 +4,13 @@ and the server log names the real cause."""
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 
 import main
 from conftest import url_of
@@ -418,16 +420,32 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_unseen(engine, c
     assert client.get("/users/").status_code == 200
 
 
+@contextmanager
+def through_a_proxy(engine, client, monkeypatch) -> Iterator[tuple[TcpProxy, Engine]]:
+    """The app's engine, main's or the twin's, reaching the test's server through a TcpProxy."""
+    proxy = TcpProxy(engine.url.host, engine.url.port or 3306)
+    try:
+        monkeypatch.setattr(main, "db_engine", create_engine(url_of(engine, proxy)))
+        app_engine = getattr(main.db_engine, "sync_engine", main.db_engine)  # the twin's too
+        if app_engine is main.db_engine:  # main's, guarded as main.py guards its own
+            main.guard_engine(app_engine)
+        yield proxy, app_engine
+    finally:
+        if hasattr(main.db_engine, "sync_engine"):  # the twin's: closed on the app's own loop
+            client.portal.call(main.db_engine.dispose)
+        else:
+            main.db_engine.dispose()
+        proxy.close()
+
+
 def test_a_connection_lost_as_a_read_closes_still_answers_the_read(engine, client, monkeypatch):
     # The read has its row; then the network drops, and the session's closing ROLLBACK meets a
     # dead connection: the answer is the row, the log says why, the next request connects again.
     if engine.dialect.name != "mysql":
         pytest.skip("a network between the app and its server: MySQL")
     user = client.post("/users/", json={"username": "ada", "email": "a@example.com"}).json()
-    proxy, cuts = TcpProxy(engine.url.host, engine.url.port or 3306), []
-    try:
-        monkeypatch.setattr(main, "db_engine", create_engine(url_of(engine, proxy)))
-        app_engine = getattr(main.db_engine, "sync_engine", main.db_engine)  # the twin's too
+    cuts = []
+    with through_a_proxy(engine, client, monkeypatch) as (proxy, app_engine):
 
         @event.listens_for(app_engine, "after_cursor_execute")
         def cut_after_the_select(connection: object, cursor: object, statement: str, *_) -> None:
@@ -439,12 +457,6 @@ def test_a_connection_lost_as_a_read_closes_still_answers_the_read(engine, clien
         proxy.restore()
         again = client.get(f"/users/{user['id']}")
         checked_out = app_engine.pool.checkedout()
-    finally:
-        if hasattr(main.db_engine, "sync_engine"):  # the twin's: closed on the app's own loop
-            client.portal.call(main.db_engine.dispose)
-        else:
-            main.db_engine.dispose()
-        proxy.close()
     assert (read.status_code, read.json()) == (200, user)
     assert again.status_code == 200
     assert checked_out == 0
@@ -457,14 +469,8 @@ def test_a_commit_whose_answer_is_lost_answers_500_saved_or_not_never_503(
     # can tell. A 503 would say "nothing saved, send it again": a resend could write it twice.
     if engine.dialect.name != "mysql":
         pytest.skip("a network between the app and its server: MySQL")
-    proxy, cuts = TcpProxy(engine.url.host, engine.url.port or 3306), []
-    try:
-        monkeypatch.setattr(main, "db_engine", create_engine(url_of(engine, proxy)))
-        app_engine = getattr(main.db_engine, "sync_engine", main.db_engine)  # the twin's too
-        if (
-            app_engine is main.db_engine
-        ):  # main's: guarded as main.py guards its own (the twin's is)
-            main.guard_engine(app_engine)
+    cuts = []
+    with through_a_proxy(engine, client, monkeypatch) as (proxy, app_engine):
 
         @event.listens_for(app_engine, "commit")  # as the COMMIT is about to be sent
         def cut_at_the_commit(connection: object) -> None:
@@ -475,12 +481,6 @@ def test_a_commit_whose_answer_is_lost_answers_500_saved_or_not_never_503(
         created = client.post("/users/", json={"username": "ada", "email": "a@example.com"})
         proxy.restore()
         checked_out = app_engine.pool.checkedout()
-    finally:
-        if hasattr(main.db_engine, "sync_engine"):  # the twin's: closed on the app's own loop
-            client.portal.call(main.db_engine.dispose)
-        else:
-            main.db_engine.dispose()
-        proxy.close()
     assert created.status_code == 500, created.text
     assert created.json() == {"detail": "Saved or not is unknown: the database went away"}
     assert "Retry-After" not in created.headers

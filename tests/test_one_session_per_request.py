@@ -495,7 +495,10 @@ def users_as_events(session: SessionDep) -> Iterable[UserOutput]:
 def test_a_route_that_yields_its_answer_keeps_its_session_until_the_last_row(
     learner_app, engine, path
 ):
-    app = learner_app(YIELDED_ANSWERS, DB_POOL_SIZE="1")
+    streams_every_row(learner_app(YIELDED_ANSWERS, DB_POOL_SIZE="1"), engine, path)
+
+
+def streams_every_row(app, engine, path: str) -> None:  # main's copy, the twin's too
     with TestClient(app.app) as client:
         client.get("/readyz")  # the tables exist
         seed(engine, 250)  # three pages
