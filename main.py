@@ -175,7 +175,8 @@ link_header = {"description": 'The next page: `<...>; rel="next"`, none on the l
 
 
 def get_user_or_404(session: Session, user_id: int) -> UserTable:
-    user = session.get(UserTable, user_id)
+    # populate_existing: from the database, though the session may hold the row already
+    user = session.get(UserTable, user_id, populate_existing=True)
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found")
     return user
@@ -218,7 +219,8 @@ def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> Use
         session.commit()  # sends the UPDATE; a taken username answers 409, as in create_user
     except StaleDataError:  # another request deleted the row since we read it
         raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found") from None
-    return UserOutput.model_validate(user)
+    # Read again: another request may have changed another field since, and the answer is the row
+    return UserOutput.model_validate(get_user_or_404(session, user_id))
 
 
 @app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=not_found)

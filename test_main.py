@@ -3,7 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event, text
 
 import main
 
@@ -287,6 +287,23 @@ def test_patch_can_change_both_fields(client, rows):
     body = {"username": "grace", "email": "grace@example.com"}
     assert client.patch(f"/users/{user_id}", json=body).json() == {"id": user_id, **body}
     assert rows() == [(user_id, "grace", "grace@example.com")]
+
+
+def test_patch_answers_the_row_as_stored_though_another_request_changed_it(client, engine, rows):
+    user_id = create(client).json()["id"]
+    app_engine = getattr(main.db_engine, "sync_engine", main.db_engine)  # the twin's: async
+    updates = []
+
+    @event.listens_for(app_engine, "before_cursor_execute")
+    def another_request_renames_the_user(connection, cursor, statement, *args):
+        if statement.startswith("UPDATE users") and not updates:  # just before the PATCH's
+            updates.append(statement)
+            with engine.begin() as other:
+                other.execute(text("UPDATE users SET username = 'grace'"))
+
+    response = client.patch(f"/users/{user_id}", json={"email": "new@example.com"})
+    assert response.json() == {"id": user_id, "username": "grace", "email": "new@example.com"}
+    assert rows() == [(user_id, "grace", "new@example.com")]
 
 
 def test_patch_with_empty_body_changes_nothing(client, rows):
