@@ -281,6 +281,7 @@ BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
 this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
+in_a_new_session = ContextVar("in_a_new_session", default=False)  # set by new_session()
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
 
 
@@ -395,11 +396,14 @@ def new_session() -> Iterator[Session]:
     a background task, a WebSocket's message (README, section 6). Use it in a plain def."""
     work = this_request.get(None)  # in a request that holds a turn (its route, or a task behind
     in_its_turn = work is not None and work.turns is not None  # a late commit): runs in that one
-    turns = None if in_its_turn else from_thread.run(take_turn)
+    inside_another = in_a_new_session.get()  # a helper's, say: in the turn of the one around it
+    turns = None if in_its_turn or inside_another else from_thread.run(take_turn)
     session = session_factory(bind=db_engine)
+    in_a_new_session.set(True)
     try:
         yield session
     finally:
+        in_a_new_session.set(inside_another)
         close_session(session)
         if turns is not None:
             from_thread.run_sync(turns.release)
@@ -600,7 +604,11 @@ def the_apps_answer_to(error: HTTPException) -> ASGIApp:
     async def raise_it(scope: Scope, receive: Receive, send: Send) -> None:
         raise error
 
-    return ExceptionMiddleware(raise_it, handlers=app.exception_handlers)
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        handlers = scope["app"].exception_handlers  # the app that ran it: ours, or one of yours
+        await ExceptionMiddleware(raise_it, handlers=handlers)(scope, receive, send)
+
+    return answer
 
 
 # --- Input that cannot be sent back: half a UTF-16 pair ("\ud800"), NaN, or nested too deep ---

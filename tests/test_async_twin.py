@@ -45,6 +45,7 @@ from tests.test_next_steps import (
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
     answers_201_then_409,
+    answers_409_in_their_apps_format,
     answers_409_to_a_handler_that_reads_the_body,
     answers_in_the_learners_format,
     answers_through_the_learners_middleware,
@@ -54,6 +55,7 @@ from tests.test_one_session_per_request import (
     answers_500_to_a_conflict_after_a_commit,
     counts_in_a_second_session,
     logs_a_late_commit_that_fails_in_one_line,
+    notes_the_count_in_a_task,
     reads_twice_behind_a_late_commit,
     streams_every_row,
 )
@@ -703,6 +705,39 @@ def test_the_learners_own_httpexception_handler_shapes_the_apps_409_too(twin_app
     answers_in_the_learners_format(twin_app(PLAIN_TEXT_ERRORS), rows)
 
 
+THEIR_OWN_APP = """
+
+# --- Added by a learner: an app of their own ("Bigger Applications"), given part 3's middleware
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+their_app = FastAPI()
+their_app.add_middleware(one_session_per_request)
+router = APIRouter()
+
+
+@router.post("/signup", status_code=201)
+async def signup(user: UserInput, session: SessionDep) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    await session.commit()
+    return UserOutput.model_validate(new_user)
+
+
+their_app.include_router(router)
+
+
+@their_app.exception_handler(StarletteHTTPException)
+async def plain_text_errors(request, error):
+    return PlainTextResponse(f"Error: {error.detail}", status_code=error.status_code)
+"""
+
+
+def test_an_app_of_the_learners_own_answers_the_409_with_its_own_handler(twin_app, rows):
+    answers_409_in_their_apps_format(twin_app(THEIR_OWN_APP), rows)
+
+
 def test_the_learners_handler_that_reads_the_body_answers_the_apps_409(twin_app, caplog):
     answers_409_to_a_handler_that_reads_the_body(twin_app(LOGGED_ERRORS), caplog)
 
@@ -928,6 +963,47 @@ async def count_beside(session: SessionDep) -> dict:
 
 def test_a_route_that_opens_a_second_session_runs_it_in_its_own_turn(twin_app):
     counts_in_a_second_session(twin_app(SECOND_SESSION_IN_THE_ROUTE, DB_POOL_SIZE="1"))
+
+
+NESTED_NEW_SESSIONS = """
+
+# --- Added by a learner: a helper with a session of its own, called where one is open already
+from fastapi import BackgroundTasks
+from sqlalchemy import func, select
+
+
+async def count_users() -> int:
+    async with new_session() as session:
+        return await session.scalar(select(func.count()).select_from(UserTable))
+
+
+@app.get("/learner/count-beside")
+async def count_in_a_helper() -> dict:  # no SessionDep: its own session, then the helper's
+    async with new_session() as session:
+        await session.scalar(select(UserTable.id).limit(1))
+        return {"users": await count_users()}
+
+
+async def note_the_count(user_id: int) -> None:
+    async with new_session() as session:
+        user = await session.get(UserTable, user_id)
+        user.email = f"count{await count_users()}@example.com"
+        await session.commit()
+
+
+@app.post("/learner/users/{user_id}/note-the-count", status_code=202)
+async def ask_for_the_count(user_id: int, background_tasks: BackgroundTasks) -> dict:
+    background_tasks.add_task(note_the_count, user_id)
+    return {}
+"""
+
+
+def test_a_new_session_inside_another_runs_in_its_turn(twin_app):
+    counts_in_a_second_session(twin_app(NESTED_NEW_SESSIONS, DB_POOL_SIZE="1"))
+
+
+def test_a_background_task_nesting_new_sessions_saves_its_write(twin_app, rows):
+    notes_the_count_in_a_task(twin_app(NESTED_NEW_SESSIONS, DB_POOL_SIZE="1"), rows)
 
 
 def test_a_late_commit_that_fails_once_the_answer_is_sent_is_logged_in_one_line(

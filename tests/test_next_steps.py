@@ -285,6 +285,47 @@ def answers_in_the_learners_format(app, rows) -> None:  # main's copy here, the 
     assert [row[1] for row in rows()] == ["ada"]
 
 
+THEIR_OWN_APP = """
+
+# --- Added by a learner: an app of their own ("Bigger Applications"), given part 3's middleware
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+their_app = FastAPI()
+their_app.add_middleware(one_session_per_request)
+router = APIRouter()
+
+
+@router.post("/signup", status_code=201)
+def signup(user: UserInput, session: SessionDep) -> UserOutput:
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    session.commit()
+    return UserOutput.model_validate(new_user)
+
+
+their_app.include_router(router)
+
+
+@their_app.exception_handler(StarletteHTTPException)
+async def plain_text_errors(request, error):
+    return PlainTextResponse(f"Error: {error.detail}", status_code=error.status_code)
+"""
+
+
+def test_an_app_of_the_learners_own_answers_the_409_with_its_own_handler(learner_app, rows):
+    answers_409_in_their_apps_format(learner_app(THEIR_OWN_APP), rows)
+
+
+def answers_409_in_their_apps_format(app, rows) -> None:  # main's copy here, the twin's too
+    with TestClient(app.their_app) as client:  # no lifespan: the tables made at the first ask
+        client.post("/signup", json=ADA)
+        taken = client.post("/signup", json=ADA)
+    assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
+    assert [row[1] for row in rows()] == ["ada"]
+
+
 LOGGED_ERRORS = """
 
 # --- Added by a learner: each error logged with the body that caused it, then FastAPI's answer

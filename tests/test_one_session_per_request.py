@@ -420,6 +420,56 @@ def test_a_route_that_opens_a_second_session_runs_it_in_its_own_turn(learner_app
     counts_in_a_second_session(learner_app(SECOND_SESSION_IN_THE_ROUTE, DB_POOL_SIZE="1"))
 
 
+NESTED_NEW_SESSIONS = """
+
+# --- Added by a learner: a helper with a session of its own, called where one is open already
+from fastapi import BackgroundTasks
+from sqlalchemy import func, select
+
+
+def count_users() -> int:
+    with new_session() as session:
+        return session.scalar(select(func.count()).select_from(UserTable))
+
+
+@app.get("/learner/count-beside")
+def count_in_a_helper() -> dict:  # no SessionDep: its own session, then the helper's
+    with new_session() as session:
+        session.scalar(select(UserTable.id).limit(1))
+        return {"users": count_users()}
+
+
+def note_the_count(user_id: int) -> None:
+    with new_session() as session:
+        session.get(UserTable, user_id).email = f"count{count_users()}@example.com"
+        session.commit()
+
+
+@app.post("/learner/users/{user_id}/note-the-count", status_code=202)
+def ask_for_the_count(user_id: int, background_tasks: BackgroundTasks) -> dict:
+    background_tasks.add_task(note_the_count, user_id)
+    return {}
+"""
+
+
+def test_a_new_session_inside_another_runs_in_its_turn(learner_app):
+    counts_in_a_second_session(learner_app(NESTED_NEW_SESSIONS, DB_POOL_SIZE="1"))
+
+
+def test_a_background_task_nesting_new_sessions_saves_its_write(learner_app, rows):
+    notes_the_count_in_a_task(learner_app(NESTED_NEW_SESSIONS, DB_POOL_SIZE="1"), rows)
+
+
+def notes_the_count_in_a_task(app, rows) -> None:  # main's copy, the twin's too
+    with TestClient(app.app) as client:  # before: it waited for itself, 5 s, and lost the write
+        user_id = client.post("/users/", json=ADA).json()["id"]
+        noted = client.post(f"/learner/users/{user_id}/note-the-count")
+        checked_out = app.db_engine.pool.checkedout()
+    assert noted.status_code == 202
+    assert rows() == [(user_id, "ada", "count1@example.com")]
+    assert checked_out == 0
+
+
 def counts_in_a_second_session(app) -> None:  # main's copy, the twin's too
     with TestClient(app.app) as client:  # before: it waited for a second turn, 503 after 5 s
         started = time.monotonic()
