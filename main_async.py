@@ -310,12 +310,25 @@ closer_of_this_loop: RunVar[AsyncIterator[None]] = RunVar("closer")  # see close
 
 
 # --- Usernames (docs/usernames.md): the rules check_username() applies, for a new name or a change
-JOINERS = "\u200c\u200d"  # invisible, but emoji and some scripts need them: 👩\u200d💻 is one
 # Invisible too, though not Cf (Unicode's other "default ignorable" characters, which PRECIS, RFC
 # 8264, refuses as well): a grapheme joiner, Hangul fillers (NFKC makes U+3164 one), variation
 # selectors (U+FE0F, which asks for an emoji's colour form, too).
 IGNORABLE = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, *range(0x180B, 0x1810), *range(0xFE00, 0xFE10)}
-IGNORABLE |= set(range(0xE0100, 0xE01F0))  # the supplement's variation selectors
+IGNORABLE |= set(range(0xE0100, 0xE01F0)) | {0x2800}  # more selectors; a blank Braille cell
+
+
+def joins(name: str, at: int) -> bool:
+    """The (non-)joiner at name[at] changes how its neighbours look, as PRECIS (RFC 8264) allows:
+    after a virama (Hindi's क्\u200dष), the joiner between emoji (👩\u200d💻), the non-joiner
+    between two Arabic letters (Persian has it inside words). Anywhere else it is invisible."""
+    before, after = name[at - 1 : at], name[at + 1 : at + 2]  # "" at an end
+    if name[at] not in "\u200c\u200d" or not (before and after):
+        return False
+    if unicodedata.combining(before) == 9:  # 9: a virama
+        return True
+    if name[at] == "\u200d":
+        return {unicodedata.category(before), unicodedata.category(after)} <= {"So", "Sk"}
+    return all(unicodedata.name(c, "").startswith("ARABIC LETTER") for c in (before, after))
 
 
 def username_rules(name: str) -> str:
@@ -323,9 +336,8 @@ def username_rules(name: str) -> str:
     accent, ﬁ or fi, are one name), if it is a name; else a ValueError, which is answered 422."""
     name = unicodedata.normalize("NFKC", name)
     kinds = {c: unicodedata.category(c) for c in name}  # Cc: control, Cf: invisible
-    invisible = [c for c, kind in kinds.items() if kind == "Cf" or ord(c) in IGNORABLE]
-    hidden = [f"U+{ord(c):04X}" for c in invisible if c not in JOINERS]
-    if hidden:
+    invisible = [i for i, c in enumerate(name) if kinds[c] == "Cf" or ord(c) in IGNORABLE]
+    if hidden := dict.fromkeys(f"U+{ord(name[i]):04X}" for i in invisible if not joins(name, i)):
         raise ValueError(f"invisible or direction-changing characters: {', '.join(hidden)}")
     if any(kind in ("Cc", "Zl", "Zp") for kind in kinds.values()):  # Zl, Zp: line breaks too
         raise ValueError("control characters (a tab, a new line...) are not allowed")
@@ -334,6 +346,8 @@ def username_rules(name: str) -> str:
         raise ValueError(f"characters Unicode has not assigned yet: {', '.join(unassigned)}")
     if not 1 <= len(name) <= 50:
         raise ValueError(f"a username has 1 to 50 characters, not {len(name)}")
+    if kinds[name[0]].startswith("M"):  # Mn, Mc, Me: Unicode's combining marks
+        raise ValueError("a combining mark (an accent...) first has no letter to sit on")
     if name != name.strip():
         raise ValueError("no space at the start or the end")
     return name

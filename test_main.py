@@ -51,7 +51,17 @@ def test_usernames_are_unique_exactly_not_by_case_or_accent(client, rows, first,
 
 
 @pytest.mark.parametrize(
-    "username", ["😀" * 50, "山田太郎", "Zoë Ångström", "ñandú", "👩‍💻 dev", "Ada Lovelace"]
+    "username",
+    [
+        "😀" * 50,
+        "山田太郎",
+        "Zoë Ångström",
+        "ñandú",
+        "👩\u200d💻 dev",  # a joiner between two emoji: one picture
+        "क्\u200dष",  # a joiner after a virama (Hindi): it changes how the letters join
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: a non-joiner in a word
+        "Ada Lovelace",
+    ],
 )
 def test_unicode_username_round_trips_unchanged(client, rows, username):
     response = create(client, username)
@@ -131,6 +141,32 @@ def test_an_invisible_or_direction_changing_character_is_refused(client, rows, c
     [problem] = response.json()["detail"]
     assert problem["loc"] == ["body", "username"]
     assert f"U+{ord(character):04X}" in problem["msg"] and "invisible" in problem["msg"]
+    assert rows() == []
+
+
+@pytest.mark.parametrize(
+    "username",
+    ["ada\u200d", "\u200c", "ad\u200da", "ad\u200ca", "क्\u200bष", "\u2800ada\u2800"],
+    ids=[
+        "joiner at the end",
+        "non-joiner alone",
+        "joiner",
+        "non-joiner",
+        "zero-width space after a virama",
+        "blank braille",
+    ],
+)
+def test_a_joiner_where_it_joins_nothing_or_a_blank_character_is_refused(client, rows, username):
+    response = create(client, username)  # each looks like "ada", or like nothing at all
+    assert response.status_code == 422
+    assert "invisible" in response.json()["detail"][0]["msg"]
+    assert rows() == []
+
+
+def test_a_username_that_starts_with_an_accent_is_refused(client, rows):
+    response = create(client, "\u0301ada")  # an accent with nothing to sit on
+    assert response.status_code == 422
+    assert "combining mark" in response.json()["detail"][0]["msg"]
     assert rows() == []
 
 
