@@ -354,7 +354,14 @@ def username_rules(name: str) -> str:
 
 
 # --- The engine: bounded waits, and each connection noted for the request that takes it -----
-def guard_engine(engine: Engine) -> None:  # db_engine.sync_engine, the tests' too (conftest.py)
+guarded_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in its place
+    if engine in guarded_engines:  # once: prepare_app() guards the engine in use now
+        return
+    guarded_engines.add(engine)
+
     @event.listens_for(engine, "checkout")  # by any session: its commits may not be known
     def note_checkout(*_: object) -> None:
         if work := this_request.get(None):
@@ -800,6 +807,7 @@ async def prepare_database() -> None:  # at startup, which prepares again
 
 
 async def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+    guard_engine(db_engine.sync_engine)  # a test's, put in place of ours (README, section 6)
     # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
     if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
         raise RuntimeError(  # each connection would open a new, empty database of its own

@@ -49,6 +49,7 @@ from tests.test_next_steps import (
     answers_409_to_a_handler_that_reads_the_body,
     answers_in_the_learners_format,
     answers_through_the_learners_middleware,
+    has_the_guards,
     runs_a_deadlock_again_inside_the_learners_middleware,
 )
 from tests.test_one_session_per_request import (
@@ -732,6 +733,25 @@ their_app.include_router(router)
 async def plain_text_errors(request, error):
     return PlainTextResponse(f"Error: {error.detail}", status_code=error.status_code)
 """
+
+
+GUARDS = """
+
+# --- Added by a learner: what the database says of the connection's guards
+from sqlalchemy import text
+
+
+@app.get("/learner/guards")
+async def guards(session: SessionDep) -> dict:
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    query = "PRAGMA foreign_keys" if sqlite else "SELECT @@innodb_lock_wait_timeout"
+    return {"value": await session.scalar(text(query))}
+"""
+
+
+def test_an_engine_a_test_puts_in_place_of_db_engine_gets_its_guards(twin_app, engine):
+    app = twin_app(GUARDS)
+    has_the_guards(app, lambda: create_async_engine(app.async_url(url_of(engine))))
 
 
 def test_an_app_of_the_learners_own_answers_the_409_with_its_own_handler(twin_app, rows):

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 import main
@@ -324,6 +324,34 @@ def answers_409_in_their_apps_format(app, rows) -> None:  # main's copy here, th
         taken = client.post("/signup", json=ADA)
     assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
     assert [row[1] for row in rows()] == ["ada"]
+
+
+GUARDS = """
+
+# --- Added by a learner: what the database says of the connection's guards
+from sqlalchemy import text
+
+
+@app.get("/learner/guards")
+def guards(session: SessionDep) -> dict:
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    query = "PRAGMA foreign_keys" if sqlite else "SELECT @@innodb_lock_wait_timeout"
+    return {"value": session.scalar(text(query))}
+"""
+
+
+def test_an_engine_a_test_puts_in_place_of_db_engine_gets_its_guards(learner_app, engine):
+    app = learner_app(GUARDS)
+    has_the_guards(app, lambda: create_engine(url_of(engine)))  # as a test of yours makes it
+
+
+def has_the_guards(app, make_engine) -> None:  # main's copy here, the twin's too
+    with TestClient(app.app) as client:
+        guarded = client.get("/learner/guards").json()  # the app's own engine: 1, or 4 s
+    app.db_engine = make_engine()  # the learner's test engine, without guard_engine()
+    with TestClient(app.app) as client:
+        replaced = client.get("/learner/guards").json()  # before: 0 (no foreign keys), or 50 s
+    assert replaced == guarded
 
 
 LOGGED_ERRORS = """
