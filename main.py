@@ -467,7 +467,11 @@ class RequestWork:
                     f" middleware first ({fix}), or make it an APIRouter (app.include_router)."
                 )
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
-                await run_in_threadpool(prepare_app)
+                try:
+                    await run_in_threadpool(prepare_app)
+                except RuntimeError as problem:  # what startup would stop on: each request says it
+                    logger.error("%s: %s", self.where, problem)
+                    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(problem)) from None
             self.turns = await take_turn(self if self.scope["type"] == "http" else None)
             self.session = session_factory(bind=db_engine)
         return self.session
@@ -689,9 +693,6 @@ def prepare_database() -> None:  # at startup, which prepares again
             logger.warning(waiting, error.orig, pause)
             time.sleep(min(pause, left))
             pause *= 2
-    with db_engine.connect() as connection:  # create_all never changes a table that exists
-        if problem := schema_problem(connection) or revision_problem(connection):
-            raise RuntimeError(problem)
 
 
 def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
@@ -716,6 +717,9 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                 with db_engine.begin() as connection:
                     context = MigrationContext.configure(connection)
                     context.stamp(ScriptDirectory(str(MIGRATIONS)), "head")
+        with db_engine.connect() as connection:  # create_all never changes a table that exists
+            if problem := schema_problem(connection) or revision_problem(connection):
+                raise RuntimeError(problem)  # at startup: it stops, saying what to do
         for route in iter_route_contexts(app.routes):  # an included APIRouter's routes too
             if not isinstance(route.original_route, APIRoute):  # a WebSocket is async def only
                 continue

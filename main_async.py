@@ -577,7 +577,11 @@ class RequestWork:
                     f" middleware first ({fix}), or make it an APIRouter (app.include_router)."
                 )
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
-                await prepare_app()
+                try:
+                    await prepare_app()
+                except RuntimeError as problem:  # what startup would stop on: each request says it
+                    logger.error("%s: %s", self.where, problem)
+                    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(problem)) from None
             self.turns = await take_turn(self if self.scope["type"] == "http" else None)
             self.session = session_factory(bind=db_engine)
         return self.session
@@ -800,10 +804,6 @@ async def prepare_database() -> None:  # at startup, which prepares again
             logger.warning(waiting, why, pause)
             await anyio.sleep(min(pause, left))
             pause *= 2
-    async with db_engine.connect() as connection:  # create_all never changes a table that exists
-        for check in (schema_problem, revision_problem):
-            if problem := await connection.run_sync(check):
-                raise RuntimeError(problem)
 
 
 async def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
@@ -840,7 +840,7 @@ async def prepare_app() -> None:  # at startup, or at the first request when mou
         raise no_answer()
 
 
-async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock
+async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock; then checks them
     # Alembic manages a database with an alembic_version table: create_all leaves it alone.
     async with db_engine.connect() as connection:
         tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
@@ -850,6 +850,10 @@ async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock
         if none_yet and MIGRATIONS.is_dir():  # made from nothing: the newest revision's
             async with db_engine.begin() as connection:
                 await connection.run_sync(stamp_head, ScriptDirectory(str(MIGRATIONS)))
+    async with db_engine.connect() as connection:  # create_all never changes a table that exists
+        for check in (schema_problem, revision_problem):
+            if problem := await connection.run_sync(check):
+                raise RuntimeError(problem)  # at startup: it stops, saying what to do
 
 
 def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:

@@ -337,8 +337,8 @@ def test_patch_answers_the_row_as_stored_though_another_request_changed_it(clien
             with engine.begin() as other:
                 other.execute(text("UPDATE users SET username = 'grace'"))
 
-    response = client.patch(f"/users/{user_id}", json={"email": "new@example.com"})
-    assert response.json() == {"id": user_id, "username": "grace", "email": "new@example.com"}
+    answer = client.patch(f"/users/{user_id}", json={"email": "new@example.com"}).json()
+    assert (answer["username"], answer["email"]) == ("grace", "new@example.com")
     assert rows() == [(user_id, "grace", "new@example.com")]
 
 

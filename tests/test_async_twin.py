@@ -51,6 +51,7 @@ from tests.test_next_steps import (
     answers_through_the_learners_middleware,
     has_the_guards,
     runs_a_deadlock_again_inside_the_learners_middleware,
+    says_what_to_do_when_mounted,
 )
 from tests.test_one_session_per_request import (
     answers_500_to_a_conflict_after_a_commit,
@@ -713,7 +714,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-their_app = FastAPI()
+their_app = FastAPI(lifespan=lifespan)  # as docs/reliability.md says
 their_app.add_middleware(one_session_per_request)
 router = APIRouter()
 
@@ -733,6 +734,33 @@ their_app.include_router(router)
 async def plain_text_errors(request, error):
     return PlainTextResponse(f"Error: {error.detail}", status_code=error.status_code)
 """
+
+
+NOTES_WITHOUT_A_REVISION = """
+
+# --- Added by a learner: a second table and its route, before its revision, then mounted
+from sqlalchemy import select
+
+
+class NoteTable(BaseModelClass):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@app.get("/learner/notes")
+async def read_notes(session: SessionDep) -> list[int]:
+    return list(await session.scalars(select(NoteTable.id)))
+
+
+bigger_app = FastAPI()
+bigger_app.mount("/api", app)
+"""
+
+
+def test_mounted_a_table_without_its_revision_answers_503_saying_what_to_do(twin_app):
+    with TestClient(twin_app().app):  # today's tables, at the newest revision
+        pass
+    says_what_to_do_when_mounted(twin_app(NOTES_WITHOUT_A_REVISION))
 
 
 GUARDS = """

@@ -86,6 +86,41 @@ def test_mounted_in_a_bigger_app_the_routes_answer(tables, rows):
     assert rows() == [(created.json()["id"], "ada", "ada@example.com")]
 
 
+NOTES_WITHOUT_A_REVISION = """
+
+# --- Added by a learner: a second table and its route, before its revision, then mounted
+from sqlalchemy import select
+
+
+class NoteTable(BaseModelClass):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@app.get("/learner/notes")
+def read_notes(session: SessionDep) -> list[int]:
+    return list(session.scalars(select(NoteTable.id)))
+
+
+bigger_app = FastAPI()
+bigger_app.mount("/api", app)
+"""
+
+
+def test_mounted_a_table_without_its_revision_answers_503_saying_what_to_do(learner_app):
+    with TestClient(learner_app().app):  # today's tables, at the newest revision
+        pass
+    says_what_to_do_when_mounted(learner_app(NOTES_WITHOUT_A_REVISION))
+
+
+def says_what_to_do_when_mounted(app) -> None:  # main's copy here, the twin's too
+    with TestClient(app.bigger_app) as client:  # the app's lifespan never runs: its checks then?
+        notes = client.get("/api/learner/notes")  # before: 500, no such table
+    assert notes.status_code == 503
+    assert "Table 'notes' is missing" in notes.json()["detail"]
+    assert "alembic upgrade head" in notes.json()["detail"]
+
+
 def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(tables):
     parent = FastAPI()
     parent.include_router(main.app.router)  # main's routes, but not its middleware
@@ -292,7 +327,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-their_app = FastAPI()
+their_app = FastAPI(lifespan=lifespan)  # as docs/reliability.md says
 their_app.add_middleware(one_session_per_request)
 router = APIRouter()
 
@@ -319,7 +354,7 @@ def test_an_app_of_the_learners_own_answers_the_409_with_its_own_handler(learner
 
 
 def answers_409_in_their_apps_format(app, rows) -> None:  # main's copy here, the twin's too
-    with TestClient(app.their_app) as client:  # no lifespan: the tables made at the first ask
+    with TestClient(app.their_app) as client:  # part 3's lifespan: the tables made
         client.post("/signup", json=ADA)
         taken = client.post("/signup", json=ADA)
     assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
