@@ -67,6 +67,8 @@ class UserTable(BaseModelClass):
     # MySQL only: store any Unicode (utf8mb4, emoji too), and compare exactly (_bin), so that
     # "Ada" and "ada" are two usernames, as on SQLite. MySQL's default thinks them the same.
     __table_args__ = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+    # SQLite only: never give a deleted user's id to a new one, as MySQL never does
+    __table_args__["sqlite_autoincrement"] = True
 
     # SQLAlchemy 2's Mapped[int] for the tutorial's 1.4 Column(Integer). No index=True: the
     # database indexes a primary key and a UNIQUE column by itself.

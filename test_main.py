@@ -409,6 +409,13 @@ def test_deleted_username_can_be_taken_again(client):
     assert create(client).status_code == 201
 
 
+def test_a_deleted_users_id_is_never_given_to_another(client):
+    deleted = create(client, "ada").json()["id"]
+    client.delete(f"/users/{deleted}")
+    reused = create(client, "grace").json()["id"] == deleted  # SQLite's habit, unless told
+    assert not reused  # else a client still holding the old id would read or change grace
+
+
 # --- The database is unreachable --------------------------------------------------------------
 def test_unreachable_database_returns_503_without_leaking_details(client, engine, monkeypatch):
     if engine.dialect.name == "sqlite":
