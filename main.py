@@ -606,6 +606,13 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
         cause += "; not run again: its COMMIT's answer was lost"
     elif conflict and "username" in cause[-20:]:
         return the_apps_answer_to(HTTPException(status.HTTP_409_CONFLICT, "Username already taken"))
+    elif conflict and code in (1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"):  # a foreign key
+        # MySQL's codes tell the two sides apart; on SQLite, the statement: a DELETE was refused
+        referred = code == 1451 or (error.statement or "").startswith("DELETE")
+        status_code = 409
+        detail = (
+            "Other rows still refer to it" if referred else "Refers to a row that does not exist"
+        )
     elif conflict:  # another rule: a bug, logged
         status_code, detail = 409, "Conflicts with existing data"
     elif code in BUSY_CODES or isinstance(error, exc.TimeoutError):

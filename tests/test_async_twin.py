@@ -50,6 +50,7 @@ from tests.test_next_steps import (
     answers_in_the_learners_format,
     answers_through_the_learners_middleware,
     has_the_guards,
+    refers_to_a_missing_user,
     runs_a_deadlock_again_inside_the_learners_middleware,
     says_what_to_do_when_mounted,
 )
@@ -761,6 +762,30 @@ def test_mounted_a_table_without_its_revision_answers_503_saying_what_to_do(twin
     with TestClient(twin_app().app):  # today's tables, at the newest revision
         pass
     says_what_to_do_when_mounted(twin_app(NOTES_WITHOUT_A_REVISION))
+
+
+NOTES = """
+
+# --- Added by a learner: a second table whose rows refer to users
+from sqlalchemy import ForeignKey
+
+
+class NoteTable(BaseModelClass):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+@app.post("/learner/users/{user_id}/notes", status_code=201)
+async def add_note(user_id: int, session: SessionDep) -> dict:
+    session.add(NoteTable(user_id=user_id))
+    await session.commit()  # a user deleted meanwhile: the foreign key says no
+    return {}
+"""
+
+
+def test_a_row_that_refers_to_a_missing_user_is_409_saying_so(twin_app):
+    refers_to_a_missing_user(twin_app(NOTES))
 
 
 GUARDS = """

@@ -308,6 +308,19 @@ def test_locked_sqlite_file_answers_503_busy(tmp_path):
     assert "database is locked" in line, line
 
 
+def test_deleting_a_user_that_other_rows_refer_to_is_409_saying_so(engine, client, rows):
+    user = client.post("/users/", json={"username": "ada", "email": "a@example.com"}).json()
+    with engine.begin() as connection:  # a learner's second table, its rows referring to users
+        connection.execute(text("CREATE TABLE notes (user_id INTEGER REFERENCES users (id))"))
+        connection.execute(text(f"INSERT INTO notes VALUES ({user['id']})"))
+    response = client.delete(f"/users/{user['id']}")
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE notes"))
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Other rows still refer to it"}  # before: "Conflicts..."
+    assert [row[1] for row in rows()] == ["ada"]
+
+
 def test_another_unique_rule_is_409_with_its_own_detail_and_logged(engine, client, caplog):
     with engine.begin() as connection:  # a rule the model does not know about
         connection.execute(text("CREATE UNIQUE INDEX uq_users_email ON users (email)"))

@@ -121,6 +121,37 @@ def says_what_to_do_when_mounted(app) -> None:  # main's copy here, the twin's t
     assert "alembic upgrade head" in notes.json()["detail"]
 
 
+NOTES = """
+
+# --- Added by a learner: a second table whose rows refer to users
+from sqlalchemy import ForeignKey
+
+
+class NoteTable(BaseModelClass):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+@app.post("/learner/users/{user_id}/notes", status_code=201)
+def add_note(user_id: int, session: SessionDep) -> dict:
+    session.add(NoteTable(user_id=user_id))
+    session.commit()  # a user deleted meanwhile: the foreign key says no
+    return {}
+"""
+
+
+def test_a_row_that_refers_to_a_missing_user_is_409_saying_so(learner_app):
+    refers_to_a_missing_user(learner_app(NOTES))
+
+
+def refers_to_a_missing_user(app) -> None:  # main's copy here, the twin's too
+    with TestClient(app.app) as client:
+        response = client.post("/learner/users/999/notes")
+    assert response.status_code == 409  # before: "Conflicts with existing data"
+    assert response.json() == {"detail": "Refers to a row that does not exist"}
+
+
 def test_routes_included_in_a_bigger_app_say_to_mount_the_app_instead(tables):
     parent = FastAPI()
     parent.include_router(main.app.router)  # main's routes, but not its middleware
