@@ -718,10 +718,9 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     elif conflict and code in (1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"):  # a foreign key
         # MySQL's codes tell the two sides apart; on SQLite, the statement: a DELETE was refused
         referred = code == 1451 or (error.statement or "").startswith("DELETE")
-        status_code = 409
-        detail = (
-            "Other rows still refer to it" if referred else "Refers to a row that does not exist"
-        )
+        status_code, detail = 409, "Refers to a row that does not exist"
+        if referred:
+            detail = "Other rows still refer to it"
     elif conflict:  # another rule: a bug, logged
         status_code, detail = 409, "Conflicts with existing data"
     elif code in BUSY_CODES or isinstance(error, exc.TimeoutError):
