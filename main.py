@@ -468,12 +468,12 @@ class RequestWork:
                     f"{self.where}: an app mounted in this one takes the session. Give it our"
                     f" middleware first ({fix}), or make it an APIRouter (app.include_router)."
                 )
+            problem = None
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
-                try:
-                    await run_in_threadpool(prepare_app)
-                except RuntimeError as problem:  # what startup would stop on: each request says it
-                    logger.error("%s: %s", self.where, problem)
-                    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(problem)) from None
+                problem = await run_in_threadpool(prepare_app)
+            if problem:  # what would stop startup (a table missing, say) answers each request
+                logger.error("%s: %s", self.where, problem)
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, problem)
             self.turns = await take_turn(self if self.scope["type"] == "http" else None)
             self.session = session_factory(bind=db_engine)
         return self.session
@@ -691,7 +691,8 @@ def prepare_database() -> None:  # at startup, which prepares again
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while db_engine not in prepared_engines:  # workers starting together may also meet here
         try:
-            prepare_app()
+            if problem := prepare_app():
+                raise RuntimeError(problem)  # the app stops, saying what to do
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
             if refused or (left := deadline - time.monotonic()) <= 0:
@@ -703,7 +704,8 @@ def prepare_database() -> None:  # at startup, which prepares again
             pause *= 2
 
 
-def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+def prepare_app() -> str | None:  # at startup, or at the first request when mounted (no lifespan)
+    """Creates the tables that are missing, then checks them: a problem found, or None."""
     guard_engine(db_engine)  # a test's, put in place of ours (README, section 6)
     # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
     if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
@@ -715,7 +717,7 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
         raise exc.TimeoutError(f"The tables were still being prepared after {WAIT_SECONDS:g} s")
     try:
         if db_engine in prepared_engines:
-            return
+            return None
         # Alembic manages a database with an alembic_version table: create_all leaves it alone.
         database = inspect(db_engine)
         if not database.has_table("alembic_version"):
@@ -727,7 +729,7 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                     context.stamp(ScriptDirectory(str(MIGRATIONS)), "head")
         with db_engine.connect() as connection:  # create_all never changes a table that exists
             if problem := schema_problem(connection) or revision_problem(connection):
-                raise RuntimeError(problem)  # at startup: it stops, saying what to do
+                return problem
         for route in iter_route_contexts(app.routes):  # an included APIRouter's routes too
             if not isinstance(route.original_route, APIRoute):  # a WebSocket is async def only
                 continue
@@ -742,6 +744,7 @@ def prepare_app() -> None:  # at startup, or at the first request when mounted (
                 )
         prepared_engines.add(db_engine)
         logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
+        return None
     finally:
         preparing.release()
 

@@ -578,12 +578,12 @@ class RequestWork:
                     f"{self.where}: an app mounted in this one takes the session. Give it our"
                     f" middleware first ({fix}), or make it an APIRouter (app.include_router)."
                 )
+            problem = None
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
-                try:
-                    await prepare_app()
-                except RuntimeError as problem:  # what startup would stop on: each request says it
-                    logger.error("%s: %s", self.where, problem)
-                    raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(problem)) from None
+                problem = await prepare_app()
+            if problem:  # what would stop startup (a table missing, say) answers each request
+                logger.error("%s: %s", self.where, problem)
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, problem)
             self.turns = await take_turn(self if self.scope["type"] == "http" else None)
             self.session = session_factory(bind=db_engine)
         return self.session
@@ -799,7 +799,8 @@ async def prepare_database() -> None:  # at startup, which prepares again
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while db_engine not in prepared_engines:  # workers starting together may also meet here
         try:
-            await prepare_app()
+            if problem := await prepare_app():
+                raise RuntimeError(problem)  # the app stops, saying what to do
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
             why = error.orig  # aiomysql keeps the system's reason (refused, no route) apart
@@ -814,7 +815,8 @@ async def prepare_database() -> None:  # at startup, which prepares again
             pause *= 2
 
 
-async def prepare_app() -> None:  # at startup, or at the first request when mounted (no lifespan)
+async def prepare_app() -> str | None:  # at startup, or at the first request when mounted
+    """Creates the tables that are missing, then checks them: a problem found, or None."""
     guard_engine(db_engine.sync_engine)  # a test's, put in place of ours (README, section 6)
     # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
     if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
@@ -839,16 +841,18 @@ async def prepare_app() -> None:  # at startup, or at the first request when mou
     try:
         with anyio.move_on_after(settings.db_timeout) as bound:  # aiomysql would wait forever
             if db_engine not in prepared_engines:
-                await create_tables_or_stamp()
+                if problem := await create_tables_or_stamp():
+                    return problem
                 prepared_engines.add(db_engine)
                 logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
     finally:
         preparing.release()
     if bound.cancelled_caught:
         raise no_answer()
+    return None
 
 
-async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock; then checks them
+async def create_tables_or_stamp() -> str | None:  # prepare_app's, under its lock; a problem?
     # Alembic manages a database with an alembic_version table: create_all leaves it alone.
     async with db_engine.connect() as connection:
         tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
@@ -861,7 +865,8 @@ async def create_tables_or_stamp() -> None:  # prepare_app's, under its lock; th
     async with db_engine.connect() as connection:  # create_all never changes a table that exists
         for check in (schema_problem, revision_problem):
             if problem := await connection.run_sync(check):
-                raise RuntimeError(problem)  # at startup: it stops, saying what to do
+                return problem
+    return None
 
 
 def stamp_head(connection: Connection, revisions: ScriptDirectory) -> None:

@@ -116,6 +116,7 @@ def test_mounted_a_table_without_its_revision_answers_503_saying_what_to_do(lear
 def says_what_to_do_when_mounted(app) -> None:  # main's copy here, the twin's too
     with TestClient(app.bigger_app) as client:  # the app's lifespan never runs: its checks then?
         notes = client.get("/api/learner/notes")  # before: 500, no such table
+        client.portal.call(app.db_engine.dispose)  # no lifespan of its own: on its event loop
     assert notes.status_code == 503
     assert "Table 'notes' is missing" in notes.json()["detail"]
     assert "alembic upgrade head" in notes.json()["detail"]
