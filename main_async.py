@@ -841,7 +841,7 @@ async def prepare_app() -> str | None:  # at startup, or at the first request wh
     try:
         with anyio.move_on_after(settings.db_timeout) as bound:  # aiomysql would wait forever
             if db_engine not in prepared_engines:
-                if problem := await create_tables_or_stamp():
+                if problem := await prepare_tables():
                     return problem
                 prepared_engines.add(db_engine)
                 logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
@@ -852,7 +852,7 @@ async def prepare_app() -> str | None:  # at startup, or at the first request wh
     return None
 
 
-async def create_tables_or_stamp() -> str | None:  # prepare_app's, under its lock; a problem?
+async def prepare_tables() -> str | None:  # prepare_app's, under its lock: creates, then checks
     # Alembic manages a database with an alembic_version table: create_all leaves it alone.
     async with db_engine.connect() as connection:
         tables = set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
