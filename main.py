@@ -109,7 +109,7 @@ async def get_session():
 # code after it at shutdown. FastAPI wants it written this way, `async def` and the decorator.
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    prepare_database()  # part 3: wait for the database, then create_tables()
+    prepare_database(app)  # part 3: wait for the database, then create_tables()
     yield
     db_engine.dispose()  # close our connections, so the server logs no error
 
@@ -263,6 +263,7 @@ from fastapi.middleware import Middleware
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, event, exc, inspect
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import StaticPool
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -470,7 +471,7 @@ class RequestWork:
                 )
             problem = None
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
-                problem = await run_in_threadpool(prepare_app)
+                problem = await run_in_threadpool(prepare_app, self.app)
             if problem:  # what would stop startup (a table missing, say) answers each request
                 logger.error("%s: %s", self.where, problem)
                 raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, problem)
@@ -685,13 +686,13 @@ prepared_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # once per proces
 preparing = threading.Lock()  # concurrent first requests: one prepares, the others wait
 
 
-def prepare_database() -> None:  # at startup, which prepares again
+def prepare_database(app: FastAPI) -> None:  # at startup, which prepares again
     url = db_engine.url.render_as_string(hide_password=True)
     prepared_engines.discard(db_engine)
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while db_engine not in prepared_engines:  # workers starting together may also meet here
         try:
-            if problem := prepare_app():
+            if problem := prepare_app(app):
                 raise RuntimeError(problem)  # the app stops, saying what to do
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
@@ -704,14 +705,17 @@ def prepare_database() -> None:  # at startup, which prepares again
             pause *= 2
 
 
-def prepare_app() -> str | None:  # at startup, or at the first request when mounted (no lifespan)
-    """Creates the tables that are missing, then checks them: a problem found, or None."""
+def prepare_app(app: FastAPI) -> str | None:  # at startup, or at a mounted app's first request
+    """Creates the tables that are missing, then checks them and the app's routes (ours, or an
+    app of yours that takes our lifespan): a problem found, or None."""
     guard_engine(db_engine)  # a test's, put in place of ours (README, section 6)
     # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
-    if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
+    in_memory = db_engine.url.database in (None, "", ":memory:")  # on SQLite, that is
+    shared = isinstance(db_engine.pool, StaticPool)  # one connection for all: a test's engine
+    if db_engine.dialect.name == "sqlite" and in_memory and not shared:
         raise RuntimeError(  # each connection would open a new, empty database of its own
             "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
-            " such as sqlite:///./app.db"
+            " such as sqlite:///./app.db (a test's engine: poolclass=StaticPool)"
         )
     if not preparing.acquire(timeout=WAIT_SECONDS):  # another request prepares: one wait
         raise exc.TimeoutError(f"The tables were still being prepared after {WAIT_SECONDS:g} s")

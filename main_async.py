@@ -124,7 +124,7 @@ async def get_session():
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     try:  # a startup that fails closes its connections too (an unclosed one warns, in async)
-        await prepare_database()  # part 3: wait for the database, then create_tables()
+        await prepare_database(app)  # part 3: wait for the database, then create_tables()
         yield
     finally:
         await db_engine.dispose()  # close our connections, so the server logs no error
@@ -285,6 +285,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -580,7 +581,7 @@ class RequestWork:
                 )
             problem = None
             if db_engine not in prepared_engines:  # mounted in a bigger app: no lifespan ran
-                problem = await prepare_app()
+                problem = await prepare_app(self.app)
             if problem:  # what would stop startup (a table missing, say) answers each request
                 logger.error("%s: %s", self.where, problem)
                 raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, problem)
@@ -793,13 +794,13 @@ MIGRATIONS = pathlib.Path(__file__).with_name("migrations")  # none beside main.
 prepared_engines: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()  # once per process, engine
 
 
-async def prepare_database() -> None:  # at startup, which prepares again
+async def prepare_database(app: FastAPI) -> None:  # at startup, which prepares again
     url = db_engine.url.render_as_string(hide_password=True)
     prepared_engines.discard(db_engine)
     deadline, pause = time.monotonic() + 15, 0.25  # a database still starting: try for 15 s
     while db_engine not in prepared_engines:  # workers starting together may also meet here
         try:
-            if problem := await prepare_app():
+            if problem := await prepare_app(app):
                 raise RuntimeError(problem)  # the app stops, saying what to do
         except (exc.OperationalError, exc.IntegrityError) as error:
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
@@ -815,14 +816,17 @@ async def prepare_database() -> None:  # at startup, which prepares again
             pause *= 2
 
 
-async def prepare_app() -> str | None:  # at startup, or at the first request when mounted
-    """Creates the tables that are missing, then checks them: a problem found, or None."""
+async def prepare_app(app: FastAPI) -> str | None:  # at startup, or a mounted app's first request
+    """Creates the tables that are missing, then checks them and the app's routes (ours, or an
+    app of yours that takes our lifespan): a problem found, or None."""
     guard_engine(db_engine.sync_engine)  # a test's, put in place of ours (README, section 6)
     # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
-    if db_engine.dialect.name == "sqlite" and db_engine.url.database in (None, "", ":memory:"):
+    in_memory = db_engine.url.database in (None, "", ":memory:")  # on SQLite, that is
+    shared = isinstance(db_engine.pool, StaticPool)  # one connection for all: a test's engine
+    if db_engine.dialect.name == "sqlite" and in_memory and not shared:
         raise RuntimeError(  # each connection would open a new, empty database of its own
             "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
-            " such as sqlite:///./app.db"
+            " such as sqlite:///./app.db (a test's engine: poolclass=StaticPool)"
         )
     for route in iter_route_contexts(app.routes):  # an included APIRouter's routes too
         # a plain def runs in a thread, where nothing awaits the session

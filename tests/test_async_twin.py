@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import exc, make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 from starlette.websockets import WebSocketDisconnect
 
 from conftest import twin_engine, url_of
@@ -48,6 +48,7 @@ from tests.test_next_steps import (
     answers_409_in_their_apps_format,
     answers_409_to_a_handler_that_reads_the_body,
     answers_in_the_learners_format,
+    answers_on_an_in_memory_engine,
     answers_through_the_learners_middleware,
     has_the_guards,
     refers_to_a_missing_user,
@@ -347,6 +348,26 @@ def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(t
     print(f"\n{message}")
     assert "/learner/" in message and "plain def" in message
     assert "async def" in message and "await" in message
+
+
+IN_AN_APP_OF_THEIR_OWN = """
+
+# --- Added by a learner: an app of their own, given part 3's lifespan and middleware ----------
+their_app = FastAPI(lifespan=lifespan)
+their_app.add_middleware(one_session_per_request)
+
+
+@their_app.get("/learner/count")
+def count_users(session: SessionDep) -> dict:
+    return {"users": len(list(session.scalars(select(UserTable))))}
+"""
+
+
+def test_a_plain_def_in_an_app_of_their_own_stops_it_at_startup(twin_app):
+    app = twin_app(IN_AN_APP_OF_THEIR_OWN)
+    with pytest.raises(RuntimeError) as stopped, TestClient(app.their_app):
+        pass  # before: it started, and only main_async.app's routes were looked at
+    assert "/learner/count: count_users() is a plain def" in str(stopped.value)
 
 
 def test_a_plain_def_route_stops_a_mounted_app_at_its_first_request(twin_app):
@@ -805,6 +826,13 @@ async def guards(session: SessionDep) -> dict:
 def test_an_engine_a_test_puts_in_place_of_db_engine_gets_its_guards(twin_app, engine):
     app = twin_app(GUARDS)
     has_the_guards(app, lambda: create_async_engine(app.async_url(url_of(engine))))
+
+
+def test_an_in_memory_engine_as_fastapis_testing_docs_make_it_answers(twin_app):
+    app = twin_app()
+    answers_on_an_in_memory_engine(
+        app, lambda: create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool)
+    )
 
 
 def test_an_app_of_the_learners_own_answers_the_409_with_its_own_handler(twin_app, rows):

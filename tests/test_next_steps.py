@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
 
 import main
 from conftest import need, url_of
@@ -222,6 +223,27 @@ def test_get_session_overridden_as_fastapis_testing_docs_do_answers_201_then_409
     assert [row[1] for row in rows()] == ["ada"]
 
 
+def test_an_in_memory_engine_as_fastapis_testing_docs_make_it_answers(learner_app):
+    app = learner_app()
+    answers_on_an_in_memory_engine(  # FastAPI's "Testing a Database": one connection, shared
+        app,
+        lambda: create_engine(
+            "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+        ),
+    )
+
+
+def answers_on_an_in_memory_engine(app, make_engine) -> None:  # main's copy here, the twin's too
+    app.db_engine = make_engine()  # in place of the app's, as README section 6 says
+    with TestClient(app.app) as client:  # before: 500, "DATABASE_URL names an in-memory..."
+        created = client.post("/users/", json=ADA)
+        taken = client.post("/users/", json=ADA)
+        listed = client.get("/users/")
+    assert created.status_code == 201, created.text
+    assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
+    assert listed.json() == [created.json()]
+
+
 # --- The session and its turn go before the answer is sent -----------------------------------
 async def ask(app, scope: dict) -> int:
     """Sends one bodiless request straight to an ASGI app, returns the status code."""
@@ -391,6 +413,46 @@ def answers_409_in_their_apps_format(app, rows) -> None:  # main's copy here, th
         taken = client.post("/signup", json=ADA)
     assert (taken.status_code, taken.text) == (409, "Error: Username already taken")
     assert [row[1] for row in rows()] == ["ada"]
+
+
+ASYNC_DEPENDENCY_IN_THEIR_APP = """
+
+# --- Added by a learner: an app of their own, its router's dependency an async def
+from fastapi import APIRouter
+
+their_app = FastAPI(lifespan=lifespan)  # as docs/reliability.md says
+their_app.add_middleware(one_session_per_request)
+
+
+async def current_user(session: SessionDep) -> UserTable | None:
+    return session.get(UserTable, 1)
+
+
+router = APIRouter(prefix="/v2", dependencies=[Depends(current_user)])
+
+
+@router.get("/users/{user_id}")
+def read_user_v2(user_id: int, session: SessionDep) -> UserOutput:
+    return UserOutput.model_validate(session.get(UserTable, user_id))
+
+
+their_app.include_router(router)
+"""
+
+
+def test_an_async_def_taking_the_session_in_an_app_of_their_own_is_named_at_startup(
+    learner_app, caplog
+):
+    with (
+        caplog.at_level(logging.WARNING),
+        TestClient(learner_app(ASYNC_DEPENDENCY_IN_THEIR_APP).their_app),
+    ):
+        pass  # before: no warning, only main.app's routes were looked at
+    warnings = [
+        record.getMessage() for record in caplog.records if "async def" in record.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "GET /v2/users/{user_id}" in warnings[0] and "current_user()" in warnings[0]
 
 
 GUARDS = """
