@@ -376,10 +376,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             work.commits_sent += 1
 
     # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. Each
-    # starts the request's bound (bound_wait, below), and its end stops it.
+    # starts the request's bound (bound_wait, below), and its end stops it: a statement's end,
+    # a COMMIT's or a ROLLBACK's is the connection given back, or a new transaction begun on it.
     for starts in ("before_cursor_execute", "commit", "rollback"):
         event.listen(engine, starts, lambda *_: bound_wait(WAIT_SECONDS))
-    for ends in ("after_cursor_execute", "checkin"):
+    for ends in ("after_cursor_execute", "checkin", "begin"):
         event.listen(engine, ends, lambda *_: bound_wait(None))
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
@@ -453,9 +454,12 @@ async def close_at_loop_end(engine: AsyncEngine) -> AsyncIterator[None]:
 # --- Bounds: each wait for the database ends within WAIT_SECONDS ------------------------------
 # The middleware runs each request in a cancel scope; a wait that outlasts its bound cancels it,
 # and SQLAlchemy drops the connection it was using: the server rolls its transaction back.
-def bound_wait(seconds: float | None) -> None:  # None: the wait is over
+def bound_wait(seconds: float | None, all_over: bool = False) -> None:  # None: a wait is over
     if work := this_request.get(None):
-        work.waits.deadline = math.inf if seconds is None else anyio.current_time() + seconds
+        # Waits at once (asyncio.gather on one session, a mistake): bounded until the last ends
+        work.waiting = 0 if all_over else max(work.waiting + (1 if seconds else -1), 0)
+        if seconds or not work.waiting:
+            work.waits.deadline = anyio.current_time() + seconds if seconds else math.inf
 
 
 def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavailable
@@ -480,12 +484,9 @@ session_factory = async_sessionmaker(
 )
 
 
-event.listen(RequestSession, "after_rollback", lambda *_: bound_wait(None))
-
-
 @event.listens_for(RequestSession, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
-    bound_wait(None)
+    bound_wait(None, all_over=True)  # its first connection: nothing else of it was waiting
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
     if work := this_request.get(None):
         work.own_connections += 1
@@ -493,7 +494,6 @@ def remember_connection(session: Session, transaction: object, connection: Conne
 
 @event.listens_for(RequestSession, "after_commit")
 def note_commit(session: Session) -> None:
-    bound_wait(None)
     if work := this_request.get(None):
         work.commits += 1
 
@@ -504,9 +504,12 @@ def end_transaction(session: Session) -> None:  # run_sync'ed: in SQLAlchemy's g
     session.close()
 
 
-async def close_session(session: AsyncSession) -> None:
+async def close_session(session: AsyncSession, in_doubt: bool = False) -> None:
     """However the request ended, cancelled too: its transaction ends, and its connection goes
     back to the pool or, if the server does not answer in time, is dropped."""
+    if in_doubt and "connection" in session.info:  # in the middle of an answer, maybe: never
+        with anyio.CancelScope(shield=True):  # lent to another request (docs/async.md)
+            return await session.invalidate()
     if not session.in_transaction():  # after a commit, or no SQL: nothing to wait for
         return session.sync_session.close()
     with anyio.CancelScope(shield=True):  # a cancelled request still closes its session
@@ -564,7 +567,8 @@ class RequestWork:
         self.session, self.turns, self.answered, self.sent_whole = None, None, False, False
         self.app = scope.get("app")  # ours: an app mounted in it answers its own errors
         self.waits = anyio.CancelScope()  # the bound of its waits for the database
-        self.delivered = self.connections = self.own_connections = 0
+        self.delivered = self.connections = self.own_connections = self.waiting = 0
+        self.in_doubt = False  # a bug ended it: what its connection was saying is unknown
         self.commits_sent = self.commits = 0  # COMMITs sent, and those the server said were done
 
     @property
@@ -602,10 +606,10 @@ class RequestWork:
         if self.turns is not None:
             turns, self.turns = self.turns, None
             try:  # after a commit closing sends nothing; after a read, a ROLLBACK
-                await close_session(self.session)
+                await close_session(self.session, self.in_doubt)
             finally:
                 turns.release()
-                bound_wait(None)
+                bound_wait(None, all_over=True)
 
     async def receive(self) -> Message:
         if self.delivered == len(self.kept):
@@ -667,6 +671,9 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
                 raise no_answer()
             except (exc.DBAPIError, exc.TimeoutError) as error:
                 answer = database_error(error, work)  # None: run it again, after a deadlock
+            except BaseException:  # a bug (a 500): a task it left may still use its connection
+                work.in_doubt = True
+                raise
             finally:
                 await work.close()  # if a session was opened and not yet closed
                 this_request.reset(token)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
+import anyio
 import httpx2
 import pytest
 from fastapi import FastAPI
@@ -1352,6 +1353,65 @@ def test_two_queries_at_once_on_one_session_fail_and_leave_no_connection_behind(
         checked_out = app.db_engine.pool.checkedout()
     assert failed == [500] * 3  # "concurrent operations are not permitted": the learner's bug
     assert (after.status_code, checked_out) == (200, 0)
+
+
+A_WRITE_AND_THE_COMMIT_AT_ONCE = """
+
+# --- Added by a learner: a write and the commit at once, after a first query (mistake 3) -----
+import asyncio
+
+from sqlalchemy import func, select, update
+
+
+@app.post("/learner/write-and-commit-at-once")
+async def write_and_commit_at_once(session: SessionDep) -> dict:
+    await session.scalar(select(func.count()).select_from(UserTable))  # a connection, in use
+    session.add(UserTable(username="grace", email="grace@example.com"))
+    change = session.execute(update(UserTable).values(email="changed@example.com"))
+    await asyncio.gather(change, session.commit())
+    return {"done": True}
+"""
+
+
+@pytest.mark.parametrize("pool_size", ["1", "4"])
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])  # on SQLite: aiosqlite, twice
+def test_a_write_and_the_commit_at_once_never_spoil_a_later_request(
+    twin_app, engine, rows, driver, pool_size
+):
+    url = make_url(url_of(engine))
+    if url.get_backend_name() == "mysql":
+        url = url.set(drivername=f"mysql+{driver}")
+    app = twin_app(
+        A_WRITE_AND_THE_COMMIT_AT_ONCE,
+        database_url=url.render_as_string(False),
+        DB_POOL_SIZE=pool_size,  # the pool lends its connections in turn: each is tried next
+        DB_TIMEOUT="4",
+    )
+    names = ["ada", "bob", "carol", "dave", "erin"]
+
+    async def scenario(http) -> tuple:
+        with anyio.fail_after(30):  # before, on asyncmy: no answer, ever, and no turn free
+            mistake = await http.post("/learner/write-and-commit-at-once")
+            created = [await http.post("/users/", json={**ADA, "username": n}) for n in names]
+            gone = await http.delete(f"/users/{created[0].json()['id']}")
+            read = await http.get(f"/users/{created[-1].json()['id']}")
+        return mistake, created, gone, read
+
+    async def run() -> tuple:  # on_loop's, but a 500 answered, not raised
+        transport = httpx2.ASGITransport(app=app.app, raise_app_exceptions=False)
+        try:
+            async with httpx2.AsyncClient(transport=transport, base_url="http://twin") as http:
+                return await scenario(http)
+        finally:
+            await app.db_engine.dispose()
+
+    mistake, created, gone, read = asyncio.run(run())
+    print(f"\n{driver}, {pool_size} connections: the mistake answered {mistake.status_code}")
+    assert mistake.status_code in (500, 503)  # the learner's bug, in that request only
+    assert [answer.status_code for answer in created] == [201] * 5  # before: 201, ids of 0
+    assert (gone.status_code, read.json()) == (204, created[-1].json())  # before: 404, 500
+    stored = [row for row in rows() if row[1] in names]
+    assert stored == [(a.json()["id"], a.json()["username"], ADA["email"]) for a in created[1:]]
 
 
 SUB_APP = """
