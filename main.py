@@ -380,14 +380,18 @@ async def take_turn(work: "RequestWork | None" = None) -> anyio.Semaphore:
     if (turns := turns_of_this_loop.get(None)) is None:
         turns_of_this_loop.set(turns := anyio.Semaphore(settings.db_pool_size))
     waited = turns.value == 0
-    with anyio.move_on_after(WAIT_SECONDS):
+    with anyio.move_on_after(WAIT_SECONDS) as wait:
         await turns.acquire()
+    if wait.cancelled_caught:
+        raise exc.TimeoutError(f"No database turn free in {WAIT_SECONDS:g} s")  # answered 503 busy
+    try:  # a turn taken is given back, whatever happens next (else it is lost, for good)
         if waited and work and await work.client_gone():  # it waited: is its client still there?
-            turns.release()
             logger.info("%s: the client was gone before its turn came, not run", work.where)
             raise HTTPException(499, "Client closed the request")
-        return turns
-    raise exc.TimeoutError(f"No database turn free in {WAIT_SECONDS:g} s")  # answered 503 busy
+    except BaseException:
+        turns.release()
+        raise
+    return turns
 
 
 # The sessions of part 3: readable after commit(), unusable once closed (never a connection

@@ -63,6 +63,7 @@ from tests.test_one_session_per_request import (
     notes_the_count_in_a_task,
     reads_twice_behind_a_late_commit,
     streams_every_row,
+    turns_free_after_a_turn_taken_at_the_last_moment,
 )
 
 ADA = {"username": "ada", "email": "ada@example.com"}
@@ -1343,6 +1344,10 @@ async def two_at_once(session: SessionDep) -> dict:
     )
     return {"count": count, "newest": newest}
 """
+
+
+def test_a_turn_taken_as_its_wait_ends_is_always_given_back(twin_app):
+    assert turns_free_after_a_turn_taken_at_the_last_moment(twin_app(DB_POOL_SIZE="1")) == 1
 
 
 def test_two_queries_at_once_on_one_session_fail_and_leave_no_connection_behind(twin_app):

@@ -4,6 +4,7 @@ Each case is a learner's next step past the tutorial, written the way FastAPI's 
 appended to a copy of main.py (conftest.py's `learner_app`, or a real `uvicorn main:app` where a
 real client has to go away). Before the fix each one escaped the turns or deadlocked on them."""
 
+import contextlib
 import logging
 import re
 import threading
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import httpx2
 import pymysql.connections
 import pytest
@@ -905,6 +907,37 @@ def test_an_async_def_route_that_takes_the_session_is_named_in_a_warning(engine,
 
 
 # --- 7. Clients that gave up before their turn came ---------------------------------------------
+def test_a_turn_taken_as_its_wait_ends_is_always_given_back(learner_app):
+    assert turns_free_after_a_turn_taken_at_the_last_moment(learner_app(DB_POOL_SIZE="1")) == 1
+
+
+def turns_free_after_a_turn_taken_at_the_last_moment(app) -> int:  # main's here, the twin's too
+    """A turn freed just before its waiter gives up, and a client check that outlasts the wait:
+    under load after a stall, the twin lost its only turn this way, and answered 503 for good."""
+
+    class SlowToTell:  # a request whose client check is slow (a checkpoint past the deadline)
+        where = "GET /slow"
+
+        async def client_gone(self) -> bool:
+            await anyio.sleep(app.WAIT_SECONDS)
+            return False
+
+    async def scenario() -> int:
+        held = await app.take_turn()  # the only turn, taken
+
+        async def give_it_back_late() -> None:
+            await anyio.sleep(app.WAIT_SECONDS - 0.5)
+            held.release()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(give_it_back_late)
+            with contextlib.suppress(exc.TimeoutError):  # no turn: a 503, fine if none is lost
+                (await app.take_turn(SlowToTell())).release()  # a route would run, then release
+        return held.value
+
+    return anyio.run(scenario)
+
+
 SLOW_REPORT = """
 
 # --- Added by a learner: a report that takes a second -----------------------------------------
