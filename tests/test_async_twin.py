@@ -98,12 +98,13 @@ def twin_app(engine, tmp_path: Path, monkeypatch) -> Iterator[Callable[..., Modu
     yield load
 
 
-def on_loop(app: ModuleType, scenario) -> object:
+def on_loop(app: ModuleType, scenario, raise_app_exceptions: bool = True) -> object:
     """Runs scenario(http) on an event loop of its own, with an httpx2 client talking to the
-    app in process; the app's engine is disposed on that loop afterwards."""
+    app in process; the app's engine is disposed on that loop afterwards. With
+    raise_app_exceptions=False, a route's error comes back as the 500 a client would get."""
 
     async def main() -> object:
-        transport = httpx2.ASGITransport(app=app.app)
+        transport = httpx2.ASGITransport(app=app.app, raise_app_exceptions=raise_app_exceptions)
         try:
             async with httpx2.AsyncClient(transport=transport, base_url="http://twin") as http:
                 return await scenario(http)
@@ -1402,15 +1403,7 @@ def test_a_write_and_the_commit_at_once_never_spoil_a_later_request(
             read = await http.get(f"/users/{created[-1].json()['id']}")
         return mistake, created, gone, read
 
-    async def run() -> tuple:  # on_loop's, but a 500 answered, not raised
-        transport = httpx2.ASGITransport(app=app.app, raise_app_exceptions=False)
-        try:
-            async with httpx2.AsyncClient(transport=transport, base_url="http://twin") as http:
-                return await scenario(http)
-        finally:
-            await app.db_engine.dispose()
-
-    mistake, created, gone, read = asyncio.run(run())
+    mistake, created, gone, read = on_loop(app, scenario, raise_app_exceptions=False)
     print(f"\n{driver}, {pool_size} connections: the mistake answered {mistake.status_code}")
     assert mistake.status_code in (500, 503)  # the learner's bug, in that request only
     assert [answer.status_code for answer in created] == [201] * 5  # before: 201, ids of 0
