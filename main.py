@@ -1,7 +1,8 @@
 # === Part 1 of 3: the tutorial, sections 3 to 8 in its order (2: more CRUD, 3: a real service)
+# Written for today's SQLAlchemy 2 and Pydantic 2 (requirements.txt), not the tutorial's 1.4.
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, status
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,21 +28,19 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
-    # The kind of pool: it keeps pool_size connections open, and a request waits for a free one at
-    # most pool_timeout. Named so that every URL gets it, even "sqlite://" (a database in memory,
-    # which would get a kind of pool that has no pool_timeout), which part 3 refuses, saying why.
+    # The kind of pool that keeps pool_size connections and waits at most pool_timeout for a free
+    # one. Named, so that every DATABASE_URL gets it (SQLAlchemy would pick it for most by itself).
     poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
-    pool_timeout=settings.db_timeout / 2,  # half: the other is for the database's answer (part 3)
+    pool_timeout=settings.db_timeout / 2,  # half: then it may wait as long for an answer
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
 )
 
-# Names for the keys and indexes that create_all() makes: the users table's primary key is
-# pk_users, its UNIQUE username uq_users_username (SQLAlchemy fills in each %(...)s). Unnamed,
-# MySQL and SQLite would each make up a different name, and the files in migrations/, which
-# change tables that already hold rows (README: Changing the schema), name a key to change it.
-# ix_ and fk_: an index and a foreign key, as the exercises' second table, posts, has. A table
-# takes its names when its class is defined: so they come before the first one.
+# Names for the keys and indexes that create_all() makes, such as pk_users and uq_users_username
+# (SQLAlchemy fills in each %(...)s). Without them MySQL and SQLite would each make up their own,
+# and a migration that changes a key must name it (README: Changing the schema). ix_ and fk_: an
+# index and a foreign key, for a second table. A table takes its names as its class is defined,
+# so they come first.
 names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
 names["ix"] = "ix_%(column_0_label)s"  # ix_posts_user_id (label: the table, then the column)
 names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
@@ -65,27 +64,25 @@ class UserTable(BaseModelClass):
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
-    # `= Field(...)` is no default value: it adds rules, and text for /docs. max_length=200 is a
-    # quick first check of what is sent. The real limit, the column's 50, is checked by
-    # check_username() below, once the name has its stored spelling: an "é" may be sent as two
-    # characters, an "e" and an accent, and is stored as one.
+    # `= Field(...)` is no default value: it adds rules, and an example for /docs. A quick first
+    # limit, 200, on the name as sent: check_username() below counts the column's 50 on the name as
+    # stored, which may be shorter: "é" may be sent as two characters, "e" and an accent.
     username: str = Field(
         max_length=200, description="1 to 50 characters (docs/usernames.md)", examples=["ada"]
     )
     # EmailStr: a str that must be an e-mail address, of at most its column's 120 characters.
     email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
 
-    # Pydantic calls it with the username sent, once max_length passed, and keeps what it returns.
-    # The rules (1 to 50 characters, no hidden ones, one spelling per name) are long: they sit in
-    # part 3. Naming username_rules here is fine: it runs when a request comes, after part 3 ran.
+    # Pydantic calls it with each username sent and keeps what it returns. username_rules(), long,
+    # is in part 3: it returns the name as stored, or raises a ValueError, which is answered 422.
     @field_validator("username")
     @classmethod  # Pydantic's rule: it checks values before any UserInput exists, so no self
     def check_username(cls, name: str) -> str:
-        return username_rules(name)
+        return username_rules(name)  # called when a request comes, once part 3 has run
 
 
 class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows it
-    # from_attributes: UserOutput.model_validate(row) reads a UserTable row's attributes
+    # from_attributes: part 2's routes make one from a row, UserOutput.model_validate(row)
     model_config = ConfigDict(from_attributes=True)
     id: int
     username: str
@@ -93,15 +90,14 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session makes a new Session at each call. Ours returns the request's own:
-# part 3 makes it at the first call, as Session(bind=db_engine), and closes it once the answer is
-# built, even after an error (so no `finally` here). One per request, whichever way a route or a
-# function it depends on asks for it (README, section 6). `async def` and `await`: it may wait
-# for a free connection, and so waits without holding one of the few threads FastAPI runs
-# plain `def` routes in (FastAPI's docs: "Concurrency and async / await").
+# The tutorial's get_session makes a new Session at each call. Ours hands out the request's own:
+# part 3 makes it, Session(bind=db_engine), at the first call, and closes it once the answer is
+# built, even after an error: so no try/finally here. A route that asks twice (itself and through
+# a function it depends on) gets the same one (README, section 6). `async def` and `await`: while
+# it waits for a free connection, other requests go on (FastAPI's docs: "Concurrency and async").
 async def get_session():
-    session = await session_of_this_request()
-    yield session  # no `finally: session.close()` here: part 3 closes it, always
+    session = await session_of_this_request()  # part 3: the request's session
+    yield session  # as the tutorial's: FastAPI gives the route what get_session yields
 
 
 # --- Section 5: the application -------------------------------------------------------------
@@ -130,26 +126,31 @@ def create_tables():  # creates the tables that are missing, never changes one
 
 
 # --- Section 8.2: create a user, approach A (the session comes from the dependency) ---------
+# response_model: FastAPI checks the dict returned against UserOutput, and /docs shows it.
 # 201 Created, for a new row. `responses`: the other answers /docs lists for it, each with its
 # standard text ({}): 400, a body that is not UTF-8 text, and 409, a username already taken; part
-# 3 sends them. `-> UserOutput`: FastAPI checks the answer against UserOutput; /docs shows it.
-@app.post("/users/", status_code=status.HTTP_201_CREATED, responses={400: {}, 409: {}})
+# 3 sends them.
+@app.post("/users/", response_model=UserOutput, status_code=201, responses={400: {}, 409: {}})
 def create_user(
     user: UserInput,
     session: Session = Depends(get_session),
-) -> UserOutput:
+):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()  # a taken username: the unique index says no, and part 3 answers 409
     # No session.refresh(new_user), as the tutorial has: commit() filled in the id, and part 3's
     # sessions keep the rest after a commit (expire_on_commit=False): one query saved.
-    return UserOutput.model_validate(new_user)
+    return {
+        "id": new_user.id,
+        "username": new_user.username,
+        "email": new_user.email,
+    }
 
 
 # === Part 2: more CRUD =======================================================================
 from typing import Annotated
 
-from fastapi import HTTPException, Path, Query, Request, Response
+from fastapi import HTTPException, Path, Query, Request, Response, status
 from pydantic import AfterValidator, with_config
 from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError

@@ -8,6 +8,7 @@ python exercises/make_solutions.py      # after changing main.py, then check wit
 
 import dataclasses
 import difflib
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -56,6 +57,11 @@ def read_user_by_username(username: Username, session: SessionDep) -> UserOutput
 
 
 # --- Exercise 2 ----------------------------------------------------------------------------
+ANSWER_FIELDS = """        "is_active": new_user.is_active,
+        "created_at": new_user.created_at,
+"""
+
+
 def active_and_created_at(src: str) -> str:
     src = after(
         src, "from contextlib import asynccontextmanager\n", "from datetime import UTC, datetime\n"
@@ -76,6 +82,8 @@ def active_and_created_at(src: str) -> str:
     )
 """,
     )
+    # create_user answers the tutorial's dict, written out: it gets the new fields too
+    src = after(src, '        "email": new_user.email,\n', ANSWER_FIELDS)
     return after(
         src,
         "    username: str\n    email: str\n",
@@ -309,6 +317,7 @@ def test_racing_creates_of_one_username_give_one_201_and_one_row(client, rows):
 
 
 # --- Exercise 6 ----------------------------------------------------------------------------
+SIGNATURE_END = re.compile(r"\)( -> .*)?:\n")
 SESSION_PARAMETERS = (
     ", session: SessionDep",
     "\n    session: SessionDep,",
@@ -318,7 +327,7 @@ SESSION_PARAMETERS = (
 
 
 def approach_b(src: str) -> str:
-    src = replace(src, "from fastapi import Depends, FastAPI,", "from fastapi import FastAPI,")
+    src = replace(src, "from fastapi import Depends, FastAPI\n", "from fastapi import FastAPI\n")
     start, end = src.index("# --- Section 4.2"), src.index("# --- Section 5:")
     src = (
         src[:start]
@@ -341,7 +350,7 @@ def approach_b(src: str) -> str:
     # body in a `with` block.
     while (at := min((src.find(p) for p in SESSION_PARAMETERS if p in src), default=-1)) >= 0:
         def_start = src.rindex("\ndef ", 0, at) + 1
-        signature_end = src.index(":\n", src.index(") -> ", at)) + 2
+        signature_end = SIGNATURE_END.search(src, at).end()  # "):" or ") -> ...:"
         signature = src[def_start:signature_end]
         for parameter in SESSION_PARAMETERS:
             signature = signature.replace(parameter, "", 1)

@@ -61,7 +61,7 @@ def test_readme_shows_the_sql_that_ci_runs():
 def test_readmes_approach_b_runs_in_place_of_part_1s_create_user(engine, tmp_path, monkeypatch):
     [block] = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "SessionLocal" in b]
     source = (ROOT / "main.py").read_text()
-    start = source.index('@app.post("/users/", status_code=status.HTTP_201_CREATED')
+    start = source.index('@app.post("/users/", response_model=UserOutput')
     end = source.index("\n\n\n# === Part 2")
     (tmp_path / "main.py").write_text(source[:start] + block + source[end:])
     monkeypatch.setenv("DATABASE_URL", url_of(engine))
