@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -120,7 +121,8 @@ class TcpProxy:
     `stalled = True` keeps every connection open, and accepts new ones, but forwards nothing
     until it is set back to False (a stuck server, or a network that swallows packets).
     `hold` keeps the first N connections waiting until all N have arrived, then lets them go
-    together, so that N processes really race.
+    together, so that N processes really race. `resetting = True` accepts each new connection and
+    resets it at once (a server that crashes as it accepts, or a balancer with no server behind).
     """
 
     def __init__(self, target_host: str, target_port: int, latency: float = 0.0, hold: int = 0):
@@ -129,6 +131,7 @@ class TcpProxy:
         self.port = free_port()
         self.accepted = 0
         self.stalled = False
+        self.resetting = False
         self._hold = hold
         self._released = threading.Event()
         self._sockets: set[socket.socket] = set()
@@ -169,6 +172,10 @@ class TcpProxy:
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
+        if self.resetting:  # a linger of 0 s: close() sends a reset (RST), not an orderly end
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            return
         self._released.wait(timeout=30)
         try:
             upstream = socket.create_connection(self.target)

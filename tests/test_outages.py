@@ -2,6 +2,7 @@
 and recovers alone."""
 
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
@@ -52,6 +53,33 @@ def test_network_cut_gives_503_then_recovers_without_restart(mysql_engine, make_
         recovery = time.monotonic() - restored_at
         assert {r.status_code for r in mixed_requests(http, 30)} <= {200, 201, 404}
     print(f"\ncut: {len(during_cut)} requests, all 503; recovered {recovery:.2f} s after restore")
+
+
+def test_a_server_that_resets_each_connection_as_it_opens_is_answered_503(
+    mysql_engine, make_proxy, app_folder
+):
+    proxy = make_proxy()
+    with (
+        UvicornServer(url_of(mysql_engine, proxy), cwd=app_folder).wait_started() as server,
+        server.client() as http,
+    ):
+        assert http.get("/users/").status_code == 200
+        proxy.resetting = True  # each new connection: accepted, then reset at once
+        proxy.cut()  # and the pooled ones are gone
+        proxy.restore()
+        with ThreadPoolExecutor(max_workers=64) as pool:  # busy: the driver meets the reset late
+            answers = list(pool.map(lambda n: http.get("/users/"), range(1000)))
+        statuses = Counter((answer.status_code, answer.text) for answer in answers)
+        proxy.resetting = False
+        assert http.get("/users/").status_code == 200
+    # Before, on the twin: 469 of 2000 answered a plain-text 500 (the driver's RuntimeError,
+    # "Transport does not expose socket instance"), and 433 lost their HTTP connection.
+    assert set(statuses) <= {
+        (503, '{"detail":"Database unavailable"}'),
+        (503, '{"detail":"Database busy, try again"}'),
+    }, statuses
+    assert server.count("Traceback") == 0
+    print(f"\n1000 requests while each connection is reset as it opens: {dict(statuses)}")
 
 
 def test_connections_killed_by_the_server_are_replaced_on_the_next_request(
