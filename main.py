@@ -94,7 +94,8 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 # part 3 makes it, Session(bind=db_engine), at the first call, and closes it once the answer is
 # built, even after an error: so no try/finally here. A route that asks twice (itself and through
 # a function it depends on) gets the same one (README, section 6). `async def` and `await`: while
-# it waits for a free connection, other requests go on (FastAPI's docs: "Concurrency and async").
+# it waits for a free connection, other requests go on (FastAPI's docs: "Concurrency and async /
+# await").
 async def get_session():
     session = await session_of_this_request()  # part 3: the request's session
     yield session  # as the tutorial's: FastAPI gives the route what get_session yields

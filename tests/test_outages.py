@@ -68,7 +68,7 @@ def test_a_server_that_resets_each_connection_as_it_opens_is_answered_503(
         proxy.cut()  # and the pooled ones are gone
         proxy.restore()
         with ThreadPoolExecutor(max_workers=64) as pool:  # busy: the driver meets the reset late
-            answers = list(pool.map(lambda n: http.get("/users/"), range(1000)))
+            answers = list(pool.map(lambda n: http.get("/users/"), range(400)))
         statuses = Counter((answer.status_code, answer.text) for answer in answers)
         proxy.resetting = False
         assert http.get("/users/").status_code == 200
@@ -79,7 +79,7 @@ def test_a_server_that_resets_each_connection_as_it_opens_is_answered_503(
         (503, '{"detail":"Database busy, try again"}'),
     }, statuses
     assert server.count("Traceback") == 0
-    print(f"\n1000 requests while each connection is reset as it opens: {dict(statuses)}")
+    print(f"\n400 requests while each connection is reset as it opens: {dict(statuses)}")
 
 
 def test_connections_killed_by_the_server_are_replaced_on_the_next_request(
