@@ -127,10 +127,9 @@ def create_tables():  # creates the tables that are missing, never changes one
 
 
 # --- Section 8.2: create a user, approach A (the session comes from the dependency) ---------
-# response_model: FastAPI checks the dict returned against UserOutput, and /docs shows it.
-# 201 Created, for a new row. `responses`: the other answers /docs lists for it, each with its
-# standard text ({}): 400, a body that is not UTF-8 text, and 409, a username already taken; part
-# 3 sends them.
+# response_model: FastAPI checks the dict returned against UserOutput; /docs shows it. 201:
+# Created. `responses`: the other answers /docs lists for it, each with its standard text ({}):
+# 400, a body that is not UTF-8 text, and 409, a username already taken; part 3 sends them.
 @app.post("/users/", response_model=UserOutput, status_code=201, responses={400: {}, 409: {}})
 def create_user(
     user: UserInput,
