@@ -120,6 +120,7 @@ class TcpProxy:
     restore() listens again on the same port. `latency` delays every chunk in each direction.
     `stalled = True` keeps every connection open, and accepts new ones, but forwards nothing
     until it is set back to False (a stuck server, or a network that swallows packets).
+    drop_open() ends the open connections but keeps listening (a server's idle timeout).
     `hold` keeps the first N connections waiting until all N have arrived, then lets them go
     together, so that N processes really race. `resetting = True` accepts each new connection and
     resets it at once (a server that crashes as it accepts, or a balancer with no server behind).
@@ -159,6 +160,20 @@ class TcpProxy:
             sock.close()
 
     close = cut
+
+    def drop_open(self, reset: bool) -> None:
+        """Ends every open connection but keeps listening, as a server does with a connection idle
+        for its wait_timeout: an orderly end (FIN), or, with reset, a reset (RST)."""
+        with self._lock:
+            doomed = list(self._sockets)
+            self._sockets.clear()
+        for sock in doomed:
+            if reset:  # a linger of 0 s: close() sends a reset
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:

@@ -5,6 +5,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import text
 
 from conftest import url_of
@@ -53,6 +54,32 @@ def test_network_cut_gives_503_then_recovers_without_restart(mysql_engine, make_
         recovery = time.monotonic() - restored_at
         assert {r.status_code for r in mixed_requests(http, 30)} <= {200, 201, 404}
     print(f"\ncut: {len(during_cut)} requests, all 503; recovered {recovery:.2f} s after restore")
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_pooled_connections_the_server_ended_while_idle_are_replaced_unseen(
+    mysql_engine, make_proxy, app_folder, reset
+):
+    # A server ends a connection idle for its wait_timeout (8 hours by default), with an orderly
+    # close, or a reset from a firewall or a restarted balancer: the next requests never see it.
+    proxy = make_proxy()
+    with (
+        UvicornServer(url_of(mysql_engine, proxy), cwd=app_folder).wait_started() as server,
+        server.client() as http,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+
+        def read(n: int) -> tuple[int, str]:
+            answer = http.get("/users/")
+            return answer.status_code, answer.text if answer.status_code != 200 else "a list"
+
+        assert set(pool.map(read, range(40))) == {(200, "a list")}  # the pool holds several now
+        proxy.drop_open(reset)
+        time.sleep(0.2)  # the app's side has seen the end before the next request comes
+        answers = Counter(pool.map(read, range(40)))
+    # Served by uvicorn with uvloop: a probe once saw the twin's ping of a reset connection raise
+    # uvloop's RuntimeError (a plain-text 500); not seen since, in 12 rounds of 40: kept as a guard.
+    assert set(answers) == {(200, "a list")}, answers
 
 
 def test_a_server_that_resets_each_connection_as_it_opens_is_answered_503(
