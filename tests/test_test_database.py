@@ -60,7 +60,7 @@ def test_the_readmes_user_can_make_a_fresh_database_of_its_own(mysql_engine):
     assert "(`CREATE DATABASE tutorial_paging`, as the user `tutorial`" in " ".join(
         (ROOT / "README.md").read_text().split()
     )
-    fresh = "tutorial_fresh_made_by_the_tests"
+    fresh = f"tutorial_fresh_made_by_the_tests_{os.getpid()}"  # CI runs two suites at once
     with mysql_engine.connect() as connection:
         connection.execute(text(f"CREATE DATABASE {fresh} CHARACTER SET utf8mb4"))
         try:
