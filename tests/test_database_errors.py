@@ -122,9 +122,10 @@ def test_a_row_lock_answers_503_busy_keeps_the_connection_and_leaves_nothing_wai
     assert app_connections <= still_connected, "the app threw its connection away"
     assert after.status_code == 200
     [line] = log_lines(server, "answered 503 Database busy")
-    # MariaDB ends the lock wait and the statement in the same second, and says 1969 for it
-    # (docs/reliability.md); MySQL says 1205
-    assert ("(1969)" if mysql_engine.dialect.is_mariadb else "(1205)") in line, line
+    # MariaDB ends the lock wait and the statement in the same second, and says either, whichever
+    # it meets first: most often 1969, 1205 on a busy machine (docs/reliability.md); MySQL: 1205
+    codes = ("(1969)", "(1205)") if mysql_engine.dialect.is_mariadb else ("(1205)",)
+    assert any(code in line for code in codes), line
 
 
 def test_a_query_an_operator_kills_answers_503_busy(mysql_engine, app_folder):
