@@ -28,11 +28,13 @@ settings = Settings()  # a bad value stops the app here, with a message that nam
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(
     DB_URL,
-    # The kind of pool that keeps pool_size connections and waits at most pool_timeout for a free
-    # one. Named, so that every DATABASE_URL gets it (SQLAlchemy would pick it for most by itself).
+    # A pool that keeps pool_size connections, each lent to one request at a time. SQLAlchemy
+    # picks this kind for most URLs by itself; named, so that every URL accepts pool_timeout.
     poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
-    pool_timeout=settings.db_timeout / 2,  # half: then it may wait as long for an answer
+    # A request waits at most half of DB_TIMEOUT for a free connection: the other half is left
+    # for the answer to its query (part 3 bounds that wait too).
+    pool_timeout=settings.db_timeout / 2,
     pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
 )
 
