@@ -151,13 +151,10 @@ class TcpProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
-        with self._lock:
-            doomed = [self._listener, *self._sockets]
-            self._sockets.clear()
-        for sock in doomed:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread waiting in accept()
+        self._listener.close()
+        self.drop_open(reset=False)
 
     close = cut
 
