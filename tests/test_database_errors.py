@@ -88,10 +88,12 @@ def test_stalled_database_answers_503_within_the_bound_then_recovers(mysql_engin
 
 # --- A lock, a long statement, the app's own limit: busy, and nothing left on the server ------
 def app_statements(admin) -> list[str]:
-    """The statements the app's connections are running on the server now."""
+    """The statements the app's connections to admin's database are running on the server now.
+
+    Only this database's: CI runs two suites at once as the same user, on two databases."""
     query = (
         "SELECT info FROM information_schema.PROCESSLIST WHERE user = SUBSTRING_INDEX(USER(), '@',"
-        " 1) AND id <> CONNECTION_ID() AND info IS NOT NULL"
+        " 1) AND db = DATABASE() AND id <> CONNECTION_ID() AND info IS NOT NULL"
     )
     return list(admin.exec_driver_sql(query).scalars())
 
@@ -155,10 +157,10 @@ def test_a_query_an_operator_kills_answers_503_busy(mysql_engine, app_folder):
 
 
 def waiting_updates(admin) -> list[int]:
-    """Server-side ids of the app's connections running an UPDATE of users now."""
+    """Server-side ids of the app's connections running an UPDATE of users in admin's database."""
     query = (
         "SELECT id FROM information_schema.PROCESSLIST WHERE user = SUBSTRING_INDEX(USER(), '@',"
-        " 1) AND id <> CONNECTION_ID() AND info LIKE 'UPDATE users%%'"
+        " 1) AND db = DATABASE() AND id <> CONNECTION_ID() AND info LIKE 'UPDATE users%%'"
     )
     return list(admin.exec_driver_sql(query).scalars())
 
