@@ -274,6 +274,7 @@ from inspect import (
     isgeneratorfunction,
     isroutine,
 )
+from typing import Any
 
 import anyio
 from alembic.migration import MigrationContext
@@ -288,7 +289,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, StaticPool
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -383,7 +384,7 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
     # a COMMIT's or a ROLLBACK's is the connection given back, or a new transaction begun on it.
     for starts in ("before_cursor_execute", "commit", "rollback"):
         event.listen(engine, starts, lambda *_: bound_wait(WAIT_SECONDS))
-    for ends in ("after_cursor_execute", "checkin", "begin"):
+    for ends in ("after_cursor_execute", "begin"):  # and "checkin", below
         event.listen(engine, ends, lambda *_: bound_wait(None))
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
@@ -398,6 +399,25 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
         if engine.dialect.name == "sqlite":
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 dbapi_connection.rollback()
+
+    # The pool's ROLLBACK, as it takes a connection back (after a COMMIT too), waits alone: past
+    # the bound it drops the connection, not the request, whose COMMIT has its answer: a 201 for
+    # a row saved, as main.py's read_timeout makes it, never a 500 (tests/test_outages.py).
+    @event.listens_for(engine, "reset")
+    def bound_reset(connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+        quiet = state.transaction_was_reset or state.terminate_only or not state.asyncio_safe
+        if quiet or engine.dialect.name == "sqlite":  # no ROLLBACK follows, or no network
+            return
+        bound_wait(None)  # the request's wait is over
+        loop = asyncio.get_running_loop()
+        record.info["drop"] = loop.call_later(WAIT_SECONDS, connection.terminate)
+
+    @event.listens_for(engine, "checkin")
+    def end_wait_at_checkin(connection: object, record: ConnectionPoolEntry) -> None:
+        if drop := record.info.pop("drop", None):  # the ROLLBACK answered: the connection is kept
+            drop.cancel()
+        else:
+            bound_wait(None)
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:

@@ -65,6 +65,7 @@ from tests.test_one_session_per_request import (
     streams_every_row,
     turns_free_after_a_turn_taken_at_the_last_moment,
 )
+from tests.test_outages import answers_201_through_a_stall_after_the_commit
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -565,6 +566,17 @@ def test_a_stall_mid_transaction_answers_503_within_the_bound_and_leaves_nothing
     assert seconds <= BOUND / 2 + MARGIN  # one wait: its bound
     assert (checked_out, left, after) == (0, 0, 200)
     assert [row[2] for row in rows()] == ["ada@example.com"]
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+def test_a_stall_after_the_commits_answer_still_answers_201_within_the_bound(
+    twin_app, engine, make_proxy, rows, driver
+):
+    proxy = make_proxy()
+    url = make_url(url_of(engine, proxy)).set(drivername=f"mysql+{driver}")
+    app = twin_app(database_url=url.render_as_string(False), DB_TIMEOUT=str(BOUND))
+    answers_201_through_a_stall_after_the_commit(app, proxy, rows)
 
 
 def test_a_stalled_database_answers_503_within_the_bound_then_recovers(

@@ -1,12 +1,15 @@
 """The database goes away and comes back: the app (main.py, or its twin) answers 503 meanwhile
 and recovers alone."""
 
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 import pytest
-from sqlalchemy import text
+from fastapi.testclient import TestClient
+from sqlalchemy import event, text
 
 from conftest import url_of
 from tests.support import UvicornServer, other_connection_ids
@@ -124,3 +127,47 @@ def test_connections_killed_by_the_server_are_replaced_on_the_next_request(
         response = http.post("/users/", json={"username": "after-kill", "email": "a@example.com"})
         assert response.status_code == 201
     print(f"\nkilled {len(ids)} connections; the next requests answered 200 and 201")
+
+
+# --- A stall in the instant between a COMMIT's answer and the pool's ROLLBACK ----------------
+BOUND = 4.0  # DB_TIMEOUT: each wait 2 s
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_stall_after_the_commits_answer_still_answers_201_within_the_bound(
+    learner_app, engine, make_proxy, rows
+):
+    proxy = make_proxy()
+    app = learner_app(DATABASE_URL=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+    answers_201_through_a_stall_after_the_commit(app, proxy, rows)
+
+
+def answers_201_through_a_stall_after_the_commit(app: ModuleType, proxy, rows) -> None:  # both
+    """The row is saved: the pool's ROLLBACK that follows, as it takes the connection back, may
+    fail (the connection is dropped), but the answer says what happened, 201, not 500."""
+    stall_next_reset = threading.Event()
+    engine = getattr(app.db_engine, "sync_engine", app.db_engine)  # the twin's: its sync half
+
+    @event.listens_for(engine, "reset")  # the pool's ROLLBACK is next: the network stalls now
+    def stall(*_: object) -> None:
+        if stall_next_reset.is_set():
+            stall_next_reset.clear()
+            proxy.stalled = True
+
+    with TestClient(app.app) as client:
+        stall_next_reset.set()
+        started = time.monotonic()
+        created = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
+        seconds = time.monotonic() - started
+        stalled, proxy.stalled = proxy.stalled, False
+        after = client.get("/users/1")
+        checked_out = app.db_engine.pool.checkedout()
+    print(f"\na stall after the COMMIT's answer: {created.status_code} after {seconds:.2f} s")
+    assert stalled, "the test's stall never came"
+    assert (created.status_code, created.json()) == (
+        201,
+        {"id": 1, "username": "ada", "email": "ada@example.com"},
+    )
+    assert seconds <= BOUND / 2 + 0.5  # the ROLLBACK's one wait
+    assert [row[1] for row in rows()] == ["ada"]
+    assert (after.status_code, checked_out) == (200, 0)
