@@ -701,9 +701,10 @@ def prepare_database(app: FastAPI) -> None:  # at startup, which prepares again
         try:
             if problem := prepare_app(app):
                 raise RuntimeError(problem)  # the app stops, saying what to do
-        except (exc.OperationalError, exc.IntegrityError) as error:
+        except exc.DBAPIError as error:  # else (the wrong port's server, say): it stops at once
+            passing = isinstance(error, (exc.OperationalError, exc.IntegrityError))
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
-            if refused or (left := deadline - time.monotonic()) <= 0:
+            if refused or not passing or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {error.orig}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
             waiting = "Database not ready, or another worker preparing it (%s): again in %.2f s"

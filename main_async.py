@@ -843,12 +843,13 @@ async def prepare_database(app: FastAPI) -> None:  # at startup, which prepares 
         try:
             if problem := await prepare_app(app):
                 raise RuntimeError(problem)  # the app stops, saying what to do
-        except (exc.OperationalError, exc.IntegrityError) as error:
+        except exc.DBAPIError as error:  # else (the wrong port's server, say): it stops at once
+            passing = isinstance(error, (exc.OperationalError, exc.IntegrityError))
             refused = getattr(error.orig, "sqlite_errorname", error.orig.args[0]) in REFUSED_AT_ONCE
             why = error.orig  # aiomysql keeps the system's reason (refused, no route) apart
             if isinstance(reason := why.__cause__, OSError) and reason.strerror:
                 why = f"{why} ({reason.strerror})"  # Connection refused, Name or service not known
-            if refused or (left := deadline - time.monotonic()) <= 0:
+            if refused or not passing or (left := deadline - time.monotonic()) <= 0:
                 message = f"Cannot use the database {url}: {why}. Check that the server"
                 raise RuntimeError(f"{message} is running and DATABASE_URL is right.") from None
             waiting = "Database not ready, or another worker preparing it (%s): again in %.2f s"

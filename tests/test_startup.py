@@ -3,8 +3,10 @@ on a MySQL server run on main.py and on its twin (conftest.py's `app_folder`).""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from conftest import url_of
 from tests.support import ROOT, UvicornServer, free_port
 
+TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
 BREAK = {
     "wrong password": lambda url: url.set(password="wrong-s3cret"),
     "unknown database": lambda url: url.set(database="no_such_db"),
@@ -82,6 +85,35 @@ def test_a_host_name_that_does_not_resolve_is_named_as_such_while_the_app_waits(
     [line, *_] = [line for line in server.lines if "not ready" in line]
     print(f"\n{line}")
     assert "not known" in line, line  # glibc: "Name or service not known"
+
+
+def another_service(banner: bytes) -> int:
+    """A port where another kind of server answers first, with its banner: SSH's, say, as on a
+    DATABASE_URL with the wrong port. Its port; the connections stay open, as that server's do."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            connection, _ = listener.accept()
+            connection.sendall(banner)
+            held.append(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_a_port_where_another_kind_of_server_answers_stops_the_app_at_once(app_folder):
+    port = another_service(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+    url = f"mysql+pymysql://tutorial:wrong-s3cret@127.0.0.1:{port}/tutorial"
+    code, seconds, lines = exit_of(UvicornServer(url, cwd=app_folder), timeout=30)
+    line = clear_line(lines, "wrong-s3cret")
+    print(f"\nan SSH server's port: exit code {code} after {seconds:.1f} s: {line}")
+    assert code != 0
+    assert "Packet sequence number wrong" in line  # the driver read something not MySQL's
+    assert "`Cannot use the database ...: Packet sequence number wrong" in TROUBLESHOOTING
+    assert not any("sqlalchemy.exc" in line for line in lines), "\n".join(lines)  # its one line
+    assert seconds < 5, "waited for a server that is not MySQL's"
 
 
 def test_an_app_started_before_its_database_waits_for_it_and_serves(
