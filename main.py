@@ -255,7 +255,7 @@ from typing import get_type_hints
 import anyio
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from anyio import from_thread
+from anyio import NoEventLoopError, from_thread
 from anyio.lowlevel import RunVar
 from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
@@ -424,11 +424,14 @@ def close_session(session: Session) -> None:  # in a thread: a ROLLBACK waits fo
 @contextmanager
 def new_session() -> Iterator[Session]:
     """A session and a turn of its own, for work after a request's own code: a streamed answer,
-    a background task, a WebSocket's message (README, section 6). Use it in a plain def."""
+    a background task, a WebSocket's message (README, section 6); or a script's. In a plain def."""
     work = this_request.get(None)  # in a request that holds a turn (its route, or a task behind
     in_its_turn = work is not None and work.turns is not None  # a late commit): runs in that one
     inside_another = in_a_new_session.get()  # a helper's, say: in the turn of the one around it
-    turns = None if in_its_turn or inside_another else from_thread.run(take_turn)
+    try:  # a turn, in the app's threads; a script of yours (no event loop) shares with no request
+        turns = None if in_its_turn or inside_another else from_thread.run(take_turn)
+    except NoEventLoopError:
+        turns = None
     session = session_factory(bind=db_engine)
     in_a_new_session.set(True)
     try:

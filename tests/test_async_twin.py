@@ -1132,6 +1132,20 @@ def test_a_taken_username_after_the_request_committed_answers_500_not_409(twin_a
     answers_500_to_a_conflict_after_a_commit(twin_app(COMMIT_AFTER_YIELD), rows, caplog)
 
 
+def test_new_session_in_a_script_of_yours_outside_the_app_saves_its_write(twin_app, rows):
+    app = twin_app()  # a seed script, say: asyncio.run() of its own
+
+    async def seed() -> int:
+        await app.create_tables()
+        async with app.new_session() as session:
+            session.add(app.UserTable(username="seed", email="seed@example.com"))
+            await session.commit()
+        return app.db_engine.pool.checkedout()
+
+    assert asyncio.run(seed()) == 0
+    assert [row[1:] for row in rows()] == [("seed", "seed@example.com")]
+
+
 def test_a_background_task_behind_a_late_commit_gets_a_session_in_the_requests_turn(twin_app, rows):
     app = twin_app(COMMIT_AFTER_YIELD, DB_POOL_SIZE="1")  # the request holds the one turn
     with TestClient(app.app) as client:  # the task runs before the dependency's commit

@@ -462,6 +462,16 @@ def test_a_background_task_nesting_new_sessions_saves_its_write(learner_app, row
     notes_the_count_in_a_task(learner_app(NESTED_NEW_SESSIONS, DB_POOL_SIZE="1"), rows)
 
 
+def test_new_session_in_a_script_of_yours_outside_the_app_saves_its_write(learner_app, rows):
+    app = learner_app()  # a seed script, say, or a test that calls a task's function itself
+    app.create_tables()
+    with app.new_session() as session:  # no request, no event loop: no turn to take
+        session.add(app.UserTable(username="seed", email="seed@example.com"))
+        session.commit()
+    assert [row[1:] for row in rows()] == [("seed", "seed@example.com")]
+    assert app.db_engine.pool.checkedout() == 0
+
+
 def notes_the_count_in_a_task(app, rows) -> None:  # main's copy, the twin's too
     with TestClient(app.app) as client:  # before: it waited for itself, 5 s, and lost the write
         user_id = client.post("/users/", json=ADA).json()["id"]
