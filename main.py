@@ -757,6 +757,13 @@ def prepare_app(app: FastAPI) -> str | None:  # at startup, or at a mounted app'
                     route.path,
                     name,
                 )
+        for handler in app.router.on_startup + app.router.on_shutdown:  # @app.on_event's
+            logger.warning(
+                "%s() is an @app.on_event handler: FastAPI never runs one in an app"
+                " with a lifespan, as this one has. Move its code into lifespan()"
+                " (README, section 5).",
+                handler.__qualname__,
+            )
         prepared_engines.add(db_engine)
         logger.info("Database: %s", db_engine.url.render_as_string(hide_password=True))
         return None

@@ -43,6 +43,7 @@ from tests.test_next_steps import (
     GIVEN_OUR_MIDDLEWARE,
     LOGGED_ERRORS,
     MOUNTED,
+    ON_EVENT,
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
     answers_201_then_409,
@@ -52,6 +53,7 @@ from tests.test_next_steps import (
     answers_on_an_in_memory_engine,
     answers_through_the_learners_middleware,
     has_the_guards,
+    names_an_on_event_handler_never_run,
     refers_to_a_missing_user,
     runs_a_deadlock_again_inside_the_learners_middleware,
     says_what_to_do_when_mounted,
@@ -1130,6 +1132,12 @@ def test_a_late_commit_that_fails_once_the_answer_is_sent_is_logged_in_one_line(
 
 def test_a_taken_username_after_the_request_committed_answers_500_not_409(twin_app, rows, caplog):
     answers_500_to_a_conflict_after_a_commit(twin_app(COMMIT_AFTER_YIELD), rows, caplog)
+
+
+def test_an_on_event_handler_that_fastapi_never_runs_is_named_in_a_warning(twin_app, caplog):
+    with pytest.warns(DeprecationWarning, match="on_event is deprecated"):
+        app = twin_app(ON_EVENT)
+    names_an_on_event_handler_never_run(app, caplog)
 
 
 def test_new_session_in_a_script_of_yours_outside_the_app_saves_its_write(twin_app, rows):

@@ -19,9 +19,10 @@ from sqlalchemy.pool import StaticPool
 
 import main
 from conftest import need, url_of
-from tests.support import UvicornServer, copy_app, deadlocked
+from tests.support import ROOT, UvicornServer, copy_app, deadlocked
 
 ADA = {"username": "ada", "email": "ada@example.com"}
+README = (ROOT / "README.md").read_text()
 
 
 def names(engine) -> list[str]:
@@ -613,3 +614,34 @@ def answers_201_then_409(app, path: str, rows) -> None:  # main's copy, the twin
     assert created.status_code == 201, created.text
     assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
     assert [row[1] for row in rows()] == ["ada"]
+
+
+# --- Startup work written with @app.on_event, as FastAPI's docs of the tutorial's time did -----
+ON_EVENT = """
+
+# --- Added by a learner: startup work, as FastAPI's docs once wrote it ------------------------
+seeded: list[str] = []
+
+
+@app.on_event("startup")
+def seed_admin() -> None:
+    seeded.append("admin")
+"""
+
+
+def test_an_on_event_handler_that_fastapi_never_runs_is_named_in_a_warning(learner_app, caplog):
+    with pytest.warns(DeprecationWarning, match="on_event is deprecated"):  # hidden by uvicorn
+        app = learner_app(ON_EVENT)
+    names_an_on_event_handler_never_run(app, caplog)
+
+
+def names_an_on_event_handler_never_run(app, caplog) -> None:  # main's, the twin's
+    with TestClient(app.app) as client:
+        client.get("/")
+    assert app.seeded == []  # the app has a lifespan: FastAPI runs no on_event handler
+    [line] = [record.getMessage() for record in caplog.records if "on_event" in record.getMessage()]
+    assert line.startswith("seed_admin() is an @app.on_event handler"), line
+    assert "Move its code into lifespan() (README, section 5)" in line
+    [row] = [row for row in README.splitlines() if row.startswith('| `@app.on_event("startup")`')]
+    assert "the app's log names it" in row  # the errata row the warning points to
+
