@@ -1,9 +1,12 @@
 """Shared fixtures: every test that takes `client` runs once on SQLite and once on MySQL."""
 
+import atexit
 import importlib
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -21,10 +24,14 @@ from tests.support import ROOT, TcpProxy, copy_app, twin_folder
 
 
 def import_on_no_database(name: str) -> ModuleType:
-    """The app, imported with DATABASE_URL on an empty in-memory database. The fixtures point
-    its db_engine at the test database; whatever was bound to the engine at import (exercise 6's
-    `SessionLocal = sessionmaker(bind=db_engine)`) then reaches nothing of yours."""
-    with mock.patch.dict(os.environ, {"DATABASE_URL": "sqlite://"}):  # yours, put back after
+    """The app, imported with DATABASE_URL on an empty SQLite file of this run's own, deleted at
+    its end. The fixtures point its db_engine at the test database; whatever was bound to the
+    engine at import (exercise 6's `SessionLocal = sessionmaker(bind=db_engine)`) then reaches
+    nothing of yours, and a test file of yours that uses the app as it is runs on that file."""
+    folder = tempfile.mkdtemp(prefix="tutorial-tests-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    url = f"sqlite:///{folder}/{name}.db"
+    with mock.patch.dict(os.environ, {"DATABASE_URL": url}):  # yours, put back after
         return importlib.import_module(name)
 
 

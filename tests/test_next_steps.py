@@ -5,6 +5,10 @@ app's own machinery, or is a way FastAPI's docs teach. (WebSockets, streams and 
 tasks: tests/test_one_session_per_request.py.)"""
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -645,3 +649,57 @@ def names_an_on_event_handler_never_run(app, caplog) -> None:  # main's, the twi
     [row] = [row for row in README.splitlines() if row.startswith('| `@app.on_event("startup")`')]
     assert "the app's log names it" in row  # the errata row the warning points to
 
+
+# --- A test file of the learner's own, beside test_main.py, as FastAPI's docs write one ------
+LEARNERS_OWN_TESTS = """
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from main import BaseModelClass, app, get_session
+
+# FastAPI's "Testing Dependencies with Overrides", as a learner copies it
+engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+BaseModelClass.metadata.create_all(engine)
+
+
+def override_get_session():
+    with Session(engine) as session:
+        yield session
+
+
+def test_create_user_with_the_override():
+    app.dependency_overrides[get_session] = override_get_session
+    with TestClient(app) as client:
+        response = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
+    app.dependency_overrides.clear()
+    assert response.status_code == 201, response.text
+
+
+def test_create_user_on_the_app_as_it_is():  # FastAPI's "Testing": no override, no `with`
+    client = TestClient(app)
+    response = client.post("/users/", json={"username": "bob", "email": "bob@example.com"})
+    assert response.status_code == 201, response.text
+"""
+
+
+def test_a_learners_own_test_file_beside_test_main_passes_and_spares_their_database(tmp_path):
+    for name in ("main.py", "main_async.py", "conftest.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "tests").mkdir()
+    for name in ("__init__.py", "support.py", "galera.py"):  # what conftest.py imports
+        shutil.copy(ROOT / "tests" / name, tmp_path / "tests" / name)
+    (tmp_path / "test_mine.py").write_text(LEARNERS_OWN_TESTS)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mine.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "2 passed" in run.stdout
+    assert not (tmp_path / "app.db").exists()  # the learner's own database: never the tests'
