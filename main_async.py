@@ -968,9 +968,11 @@ def schema_problem(bind: Connection) -> str | None:
         missing = [repr(column.name) for column in table.columns if column.name not in existing]
         if missing:
             problem = f"has no column {', '.join(missing)}" if there else "is missing"
+            adopted = database.has_table("alembic_version")  # else made by create_all alone
+            first = "" if adopted else "Run `alembic upgrade head` first (Alembic adopts it). "
             return (
-                f"Table '{table.name}' {problem}, which the models declare. If no revision has"
-                ' it yet, write one (`alembic revision --autogenerate -m "..."`), then run'
-                " `alembic upgrade head` (README: Changing the schema)."
+                f"Table '{table.name}' {problem}, which the models declare. {first}If no"
+                ' revision has it yet, write one (`alembic revision --autogenerate -m "..."`), then'
+                " run `alembic upgrade head` (README: Changing the schema)."
             )
     return None

@@ -1,7 +1,12 @@
 """Honest database errors and bounded waits (issue 12): each kind of trouble gets its own answer,
 and the server log names the real cause."""
 
+import os
+import re
+import shlex
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -379,6 +384,33 @@ def test_a_missing_table_stops_startup_naming_it_and_the_two_commands(engine, tm
     assert code != 0
     assert "is missing" in line and "has no column" not in line
     assert "alembic revision --autogenerate" in line and "alembic upgrade head" in line
+
+
+NEW_COLUMN = """    full_name: Mapped[str | None] = mapped_column(String(100))  # a new column
+"""
+
+
+def test_on_a_database_alembic_has_not_seen_the_commands_named_work_in_their_order(
+    engine, tmp_path
+):
+    main.BaseModelClass.metadata.create_all(engine)  # a seed script's create_tables(): unstamped
+    copy_app(tmp_path, NEW_COLUMN, after="    email: Mapped[str]")  # then a column added
+    server = UvicornServer(url_of(engine), cwd=tmp_path)
+    server.process.wait(timeout=30)
+    server.stop()
+    [line] = log_lines(server, "has no column 'full_name'")
+    commands = re.findall(r"`(alembic [^`]+)`", line)
+    print(f"\n{engine.dialect.name}: {line}")
+    env = {**os.environ, "DATABASE_URL": url_of(engine)}
+    for command in commands:  # as the line says, in its order; "..." is the learner's message
+        words = [word.replace("...", "add full_name") for word in shlex.split(command)]
+        run = subprocess.run(
+            [sys.executable, "-m", *words], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, f"{command}: {run.stderr[-1500:]}"
+    with UvicornServer(url_of(engine), cwd=tmp_path).wait_started() as server:
+        started = server.count("Application startup complete.")
+    assert started == 1, "\n".join(server.lines)
 
 
 # --- Clean shutdown and long-lived connections ------------------------------------------------
