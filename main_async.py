@@ -933,8 +933,11 @@ def plain_defs_taking_the_session(dependant: Dependant) -> Iterator[str]:
     hints = {}
     with contextlib.suppress(TypeError, NameError):  # no hints, or one naming what is not there
         hints = get_type_hints(call)
-    # From get_session, or typed AsyncSession: handed it by a dependency of yours with `yield`
-    asks = get_session in [sub.call for sub in dependant.dependencies]
+    # From get_session, or typed AsyncSession: handed it by a dependency of yours with `yield`;
+    # or in an object of a class of yours that keeps it (a repository's)
+    subs = [*dependant.dependencies]
+    subs += [sub for keeper in subs if isclass(keeper.call) for sub in keeper.dependencies]
+    asks = get_session in [sub.call for sub in subs]
     is_plain = isroutine(call) and not (iscoroutinefunction(call) or isasyncgenfunction(call))
     if is_plain and (asks or AsyncSession in hints.values()):
         yield call.__qualname__

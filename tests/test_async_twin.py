@@ -325,6 +325,20 @@ def touch(session: Annotated[AsyncSession, Depends(get_transaction)]) -> dict:
 """
 
 
+A_CLASS = """
+
+# --- Added by a learner: a class that keeps the session, as a repository does -----------------
+class Users:
+    def __init__(self, session: SessionDep):
+        self.session = session
+
+
+@app.get("/learner/count")
+def count_users(users: Annotated[Users, Depends()]) -> dict:
+    return {"users": len(list(users.session.scalars(select(UserTable))))}
+"""
+
+
 @pytest.mark.parametrize(
     "code",
     [
@@ -335,6 +349,7 @@ def touch(session: Annotated[AsyncSession, Depends(get_transaction)]) -> dict:
         A_METHOD,
         IN_A_ROUTER,
         THROUGH_A_DEPENDENCY,
+        A_CLASS,
     ],
     ids=[
         "route",
@@ -344,6 +359,7 @@ def touch(session: Annotated[AsyncSession, Depends(get_transaction)]) -> dict:
         "a-method",
         "in-a-router",
         "through-a-dependency",
+        "through-a-class",
     ],
 )
 def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(twin_app, code):
@@ -354,6 +370,17 @@ def test_a_plain_def_that_takes_the_session_stops_the_app_saying_what_to_write(t
     print(f"\n{message}")
     assert "/learner/" in message and "plain def" in message
     assert "async def" in message and "await" in message
+
+
+def test_an_async_def_route_given_a_class_that_keeps_the_session_runs(twin_app):
+    app = twin_app(
+        A_CLASS.replace("def count_users", "async def count_users").replace(
+            "list(users.session.scalars(", "list(await users.session.scalars("
+        )
+    )
+    with TestClient(app.app) as client:
+        counted = client.get("/learner/count")
+    assert (counted.status_code, counted.json()) == (200, {"users": 0})
 
 
 IN_AN_APP_OF_THEIR_OWN = """
