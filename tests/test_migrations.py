@@ -6,6 +6,7 @@ in tests/test_alembic.py). Where a test starts the app, it runs on main.py and o
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 
 import main
 from conftest import url_of
-from tests.support import ROOT, UvicornServer, apply_solutions, copy_app
+from tests.support import IGNORED, ROOT, UvicornServer, apply_solutions, copy_app
 
 HEAD = ScriptDirectory.from_config(Config(ROOT / "alembic.ini")).get_current_head()
 
@@ -318,3 +319,30 @@ def test_alembic_never_drops_a_table_the_models_do_not_declare(engine):
     finally:
         with engine.begin() as connection:
             connection.execute(text("DROP TABLE notes"))
+
+
+def test_main_py_copied_into_a_package_as_reliability_md_says_makes_revisions(tmp_path):
+    # docs/reliability.md, "An app of your own": main.py as myproj/database.py, its revisions
+    # beside it, alembic.ini's two lines pointed there, env.py importing the copy.
+    package = tmp_path / "myproj"
+    shutil.copytree(ROOT / "migrations", package / "migrations", ignore=IGNORED)
+    (package / "__init__.py").write_text("")
+    shutil.copy(ROOT / "main.py", package / "database.py")
+    env_py = package / "migrations" / "env.py"
+    copied = "\nfrom myproj import database as main\n"
+    env_py.write_text(env_py.read_text().replace("\nimport main\n", copied))
+    ini = (ROOT / "alembic.ini").read_text()
+    ini = ini.replace("%(here)s/migrations", "%(here)s/myproj/migrations")
+    ini = ini.replace("= migrations.format_revision", "= myproj.migrations.format_revision")
+    (tmp_path / "alembic.ini").write_text(ini)
+    recipe = " ".join((ROOT / "docs" / "reliability.md").read_text().split())
+    assert "its format_revision.module line" in recipe
+    assert "at myproj.migrations.format_revision" in recipe
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/dev.db"}
+    for command_line in (["upgrade", "head"], ["revision", "--autogenerate", "-m", "nothing"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "alembic", *command_line],
+            cwd=tmp_path, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert list((package / "migrations" / "versions").glob("*_nothing.py"))
