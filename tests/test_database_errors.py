@@ -396,8 +396,10 @@ def test_on_a_database_alembic_has_not_seen_the_commands_named_work_in_their_ord
     main.BaseModelClass.metadata.create_all(engine)  # a seed script's create_tables(): unstamped
     copy_app(tmp_path, NEW_COLUMN, after="    email: Mapped[str]")  # then a column added
     server = UvicornServer(url_of(engine), cwd=tmp_path)
-    server.process.wait(timeout=30)
-    server.stop()
+    try:
+        server.process.wait(timeout=30)
+    finally:
+        server.stop()  # a server that started after all is not left running
     [line] = log_lines(server, "has no column 'full_name'")
     commands = re.findall(r"`(alembic [^`]+)`", line)
     print(f"\n{engine.dialect.name}: {line}")
