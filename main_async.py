@@ -664,10 +664,23 @@ class RequestWork:
                 self.kept.append(message)  # the route's, to be read
         return message.get("type") == "http.disconnect"
 
+    def warn_of_changes_never_saved(self, status: int) -> None:  # closing drops them
+        changed = self.session and [*self.session.new, *self.session.dirty, *self.session.deleted]
+        if changed and status < 400:  # the learner's bug: a success, and nothing saved
+            kinds = ", ".join(sorted({type(row).__name__ for row in changed}))
+            logger.warning(
+                "%s answered %s, but its changes (%s) were never saved: a commit() forgotten,"
+                " or not awaited?",
+                self.where,
+                status,
+                kinds,
+            )
+
     async def send(self, message: Message) -> None:
         if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
             if not self.needed_after_the_answer():  # no turn, nor a background task after it
+                self.warn_of_changes_never_saved(message.get("status", 500))
                 await self.close()
         if message["type"] == "http.response.body" and not message.get("more_body"):
             self.sent_whole = True  # all of it: a later error cannot cut it short

@@ -40,6 +40,7 @@ from tests.support import (
 )
 from tests.test_next_steps import (
     CORS_FOR_A_FRONTEND,
+    FORGOTTEN_COMMIT,
     GIVEN_OUR_MIDDLEWARE,
     LOGGED_ERRORS,
     MOUNTED,
@@ -53,6 +54,7 @@ from tests.test_next_steps import (
     answers_on_an_in_memory_engine,
     answers_through_the_learners_middleware,
     has_the_guards,
+    names_a_forgotten_commit,
     names_an_on_event_handler_never_run,
     refers_to_a_missing_user,
     runs_a_deadlock_again_inside_the_learners_middleware,
@@ -1165,6 +1167,14 @@ def test_an_on_event_handler_that_fastapi_never_runs_is_named_in_a_warning(twin_
     with pytest.warns(DeprecationWarning, match="on_event is deprecated"):
         app = twin_app(ON_EVENT)
     names_an_on_event_handler_never_run(app, caplog)
+
+
+def test_a_commit_not_awaited_is_named_in_a_warning(twin_app, rows, caplog):
+    code = FORGOTTEN_COMMIT.replace("def create_member", "async def create_member")
+    not_awaited = "    session.commit()  # not awaited: it never runs\n"
+    code = code.replace("    return {", not_awaited + "    return {")
+    with pytest.warns(RuntimeWarning, match="was never awaited"):
+        names_a_forgotten_commit(twin_app(code), rows, caplog)
 
 
 def test_new_session_in_a_script_of_yours_outside_the_app_saves_its_write(twin_app, rows):

@@ -27,6 +27,7 @@ from tests.support import ROOT, UvicornServer, copy_app, deadlocked
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 README = (ROOT / "README.md").read_text()
+TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
 
 
 def names(engine) -> list[str]:
@@ -703,3 +704,30 @@ def test_a_learners_own_test_file_beside_test_main_passes_and_spares_their_datab
     assert run.returncode == 0, run.stdout[-3000:]
     assert "2 passed" in run.stdout
     assert not (tmp_path / "app.db").exists()  # the learner's own database: never the tests'
+
+
+# --- A commit forgotten: the answer says created, the row is never saved ---------------------
+FORGOTTEN_COMMIT = """
+
+# --- Added by a learner: a create route, its commit forgotten ---------------------------------
+@app.post("/learner/members/", status_code=201)
+def create_member(user: UserInput, session: SessionDep) -> dict:
+    session.add(UserTable(username=user.username, email=user.email))
+    return {"created": user.username}
+"""
+
+
+def test_a_forgotten_commit_is_named_in_a_warning(learner_app, rows, caplog):
+    names_a_forgotten_commit(learner_app(FORGOTTEN_COMMIT), rows, caplog)
+
+
+def names_a_forgotten_commit(app, rows, caplog) -> None:  # main's, the twin's
+    with TestClient(app.app) as client:
+        created = client.post("/learner/members/", json=ADA)
+        refused = client.post("/learner/members/", json={**ADA, "username": " bad"})
+    assert created.status_code == 201 and refused.status_code == 422
+    assert rows() == []  # the learner's bug: nothing saved, as SQLAlchemy does
+    [line] = [rec.getMessage() for rec in caplog.records if "never saved" in rec.getMessage()]
+    assert line.startswith("POST /learner/members/ answered 201"), line
+    assert "UserTable" in line and "commit()" in line
+    assert "`... were never saved: a commit() forgotten?`" in TROUBLESHOOTING
