@@ -18,9 +18,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
     # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database: a wait for a free connection, or for one of
-    # the database's answers, ends after half of it, with the answer 503 (Service Unavailable:
-    # try again). From 4 (less would leave a query too little time) to 3600 (an hour).
+    # Seconds a request may wait for the database. It waits twice (for a free connection, then
+    # for its query's answer), so each wait gets half; past that, the answer is 503 (Service
+    # Unavailable: try again). ge=4, le=3600: from 4 s (2 s a wait) to an hour.
     db_timeout: float = Field(default=10, ge=4, le=3600)
 
 
@@ -29,7 +29,8 @@ DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:passw
 db_engine = create_engine(
     DB_URL,
     # A pool that keeps pool_size connections, each lent to one request at a time. SQLAlchemy
-    # picks this kind for most URLs by itself; named, so that every URL accepts pool_timeout.
+    # picks this kind by itself for MySQL and a SQLite file; for "sqlite://" (in memory), one
+    # without pool_timeout: create_engine() would fail here, before part 3 says what to do.
     poolclass=QueuePool,
     pool_size=settings.db_pool_size,  # the pool: this many connections, reused
     # A request waits at most half of DB_TIMEOUT for a free connection: the other half is left
@@ -66,21 +67,20 @@ class UserTable(BaseModelClass):
 
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
-    # `= Field(...)` is no default value: it adds rules, and an example for /docs. A quick first
-    # limit, 200, on the name as sent: check_username() below counts the column's 50 on the name as
-    # stored, which may be shorter: "é" may be sent as two characters, "e" and an accent.
-    username: str = Field(
-        max_length=200, description="1 to 50 characters (docs/usernames.md)", examples=["ada"]
-    )
+    # `= Field(...)` is no default value: it adds rules, and what /docs shows. max_length=200
+    # refuses a huge name before any work on it; the real limit, 50, is checked on the name as
+    # stored, which can be shorter than as sent (an "é" may arrive as "e" plus an accent mark).
+    username: str = Field(max_length=200, description="1 to 50 characters", examples=["ada"])
     # EmailStr: a str that must be an e-mail address, of at most its column's 120 characters.
     email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
 
-    # Pydantic calls it with each username sent and keeps what it returns. username_rules(), long,
-    # is in part 3: it returns the name as stored, or raises a ValueError, which is answered 422.
+    # Pydantic calls it with each username sent and keeps what it returns: the name as stored, or
+    # a ValueError, answered 422. username_rules() is long, so it waits in part 3: Python looks a
+    # name up when the line runs, at a request, and by then the whole file has run.
     @field_validator("username")
     @classmethod  # Pydantic's rule: it checks values before any UserInput exists, so no self
     def check_username(cls, name: str) -> str:
-        return username_rules(name)  # called when a request comes, once part 3 has run
+        return username_rules(name)  # part 3's
 
 
 class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows it
@@ -92,12 +92,12 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 
 
 # --- Section 4.2: the session dependency ----------------------------------------------------
-# The tutorial's get_session makes a new Session at each call. Ours hands out the request's own:
-# part 3 makes it, Session(bind=db_engine), at the first call, and closes it once the answer is
-# built, even after an error: so no try/finally here. A route that asks twice (itself and through
-# a function it depends on) gets the same one (README, section 6). `async def` and `await`: while
-# it waits for a free connection, other requests go on (FastAPI's docs: "Concurrency and async /
-# await").
+# The tutorial's get_session opens a Session at each call, and closes it after the request. Ours
+# gives a request one Session, however often it is asked for (by a route, and by a function the
+# route depends on): part 3's session_of_this_request() opens it, Session(bind=db_engine), at the
+# first ask, and part 3 closes it once the answer is built, even after an error: so no try/finally
+# here. `async def`: waiting for a free connection then holds no thread, and other requests go on;
+# the routes stay plain def, which FastAPI runs in threads.
 async def get_session():
     session = await session_of_this_request()  # part 3: the request's session
     yield session  # as the tutorial's: FastAPI gives the route what get_session yields
