@@ -619,8 +619,9 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
         return None
     # A taken username: the unique index decides, not a SELECT first, which races would pass.
     conflict = isinstance(error, exc.IntegrityError) and code in CONFLICT_CODES
-    # A COMMIT sent, then the connection lost: done or not, no one can tell (a resend may repeat it)
-    unknown = work.commits_sent > work.commits and code in (2006, 2013, 2055)
+    # A COMMIT sent, its answer never read (2xxx: the driver's own codes; a text: garbled, unread)
+    server_answered = (isinstance(code, int) and not 2000 <= code < 3000) or "SQLITE" in str(code)
+    unknown = work.commits_sent > work.commits and not server_answered  # done? no one can tell
     if committed:  # a part is saved: a 409 or a 503 would say nothing was, and invite a resend
         status_code, detail = 500, "Internal Server Error"
         cause += "; not run again: the request had committed already"

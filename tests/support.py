@@ -124,6 +124,8 @@ class TcpProxy:
     `hold` keeps the first N connections waiting until all N have arrived, then lets them go
     together, so that N processes really race. `resetting = True` accepts each new connection and
     resets it at once (a server that crashes as it accepts, or a balancer with no server behind).
+    `garble_next = True` misnumbers the next packet the server sends: an answer that arrives, but
+    that the driver cannot read (a corrupted network, or a proxy's bug).
     """
 
     def __init__(self, target_host: str, target_port: int, latency: float = 0.0, hold: int = 0):
@@ -133,6 +135,7 @@ class TcpProxy:
         self.accepted = 0
         self.stalled = False
         self.resetting = False
+        self.garble_next = False
         self._hold = hold
         self._released = threading.Event()
         self._sockets: set[socket.socket] = set()
@@ -200,8 +203,12 @@ class TcpProxy:
             threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        from_server = source.getpeername()[1] == self.target[1]
         try:
             while data := source.recv(65536):
+                if from_server and self.garble_next and len(data) > 3:
+                    self.garble_next = False  # byte 3: the packet's number, never 0 here
+                    data = data[:3] + bytes([(data[3] + 7) % 256 or 1]) + data[4:]
                 if self.latency:
                     time.sleep(self.latency)
                 while self.stalled:

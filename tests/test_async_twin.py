@@ -69,7 +69,10 @@ from tests.test_one_session_per_request import (
     streams_every_row,
     turns_free_after_a_turn_taken_at_the_last_moment,
 )
-from tests.test_outages import answers_201_through_a_stall_after_the_commit
+from tests.test_outages import (
+    answers_201_through_a_stall_after_the_commit,
+    answers_unknown_when_the_commits_answer_is_unreadable,
+)
 
 ADA = {"username": "ada", "email": "ada@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
@@ -608,6 +611,17 @@ def test_a_stall_after_the_commits_answer_still_answers_201_within_the_bound(
     url = make_url(url_of(engine, proxy)).set(drivername=f"mysql+{driver}")
     app = twin_app(database_url=url.render_as_string(False), DB_TIMEOUT=str(BOUND))
     answers_201_through_a_stall_after_the_commit(app, proxy, rows)
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize("driver", ["aiomysql", "asyncmy"])
+def test_a_commit_whose_answer_arrives_unreadable_is_answered_saved_or_not_unknown(
+    twin_app, engine, make_proxy, rows, driver
+):
+    proxy = make_proxy()
+    url = make_url(url_of(engine, proxy)).set(drivername=f"mysql+{driver}")
+    app = twin_app(database_url=url.render_as_string(False), DB_TIMEOUT=str(BOUND))
+    answers_unknown_when_the_commits_answer_is_unreadable(app, proxy, rows)
 
 
 def test_a_stalled_database_answers_503_within_the_bound_then_recovers(

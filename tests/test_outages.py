@@ -171,3 +171,38 @@ def answers_201_through_a_stall_after_the_commit(app: ModuleType, proxy, rows) -
     assert seconds <= BOUND / 2 + 0.5  # the ROLLBACK's one wait
     assert [row[1] for row in rows()] == ["ada"]
     assert (after.status_code, checked_out) == (200, 0)
+
+
+# --- A COMMIT whose answer arrives unreadable: saved or not, the client cannot be told ---------
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_commit_whose_answer_arrives_unreadable_is_answered_saved_or_not_unknown(
+    learner_app, engine, make_proxy, rows
+):
+    proxy = make_proxy()
+    app = learner_app(DATABASE_URL=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+    answers_unknown_when_the_commits_answer_is_unreadable(app, proxy, rows)
+
+
+def answers_unknown_when_the_commits_answer_is_unreadable(app: ModuleType, proxy, rows) -> None:
+    """The server committed, its answer came back misnumbered: a 503 would invite the client to
+    send it again, and a plain 500 would hide that the row may be there."""
+    garble_next_commit = threading.Event()
+    engine = getattr(app.db_engine, "sync_engine", app.db_engine)  # the twin's: its sync half
+
+    @event.listens_for(engine, "commit")  # the COMMIT goes out now: its answer comes back garbled
+    def garble(*_: object) -> None:
+        if garble_next_commit.is_set():
+            garble_next_commit.clear()
+            proxy.garble_next = True
+
+    with TestClient(app.app) as client:
+        garble_next_commit.set()
+        created = client.post("/users/", json={"username": "ada", "email": "ada@example.com"})
+        after = client.get("/users/1")
+    assert not proxy.garble_next, "the test's garbled answer never came"
+    assert (created.status_code, created.json()) == (
+        500,
+        {"detail": "Saved or not is unknown: the database went away"},
+    )
+    assert [row[1] for row in rows()] == ["ada"]  # it was saved
+    assert after.status_code == 200
