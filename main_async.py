@@ -379,6 +379,17 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
     def note_commit_sent(*_: object) -> None:
         if work := this_request.get(None):
             work.commits_sent += 1
+            work.unsaved.clear()
+
+    @event.listens_for(engine, "rollback")  # writes undone on purpose: no commit forgotten
+    def note_rollback(*_: object) -> None:
+        if work := this_request.get(None):
+            work.unsaved.clear()
+
+    @event.listens_for(engine, "before_execute")  # an INSERT, UPDATE or DELETE: saved at COMMIT
+    def note_write(connection: Connection, statement: object, *_: object) -> None:
+        if getattr(statement, "is_dml", False) and (work := this_request.get(None)):
+            work.unsaved.add(statement.table.name)
 
     # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. Each
     # starts the request's bound (bound_wait, below), and its end stops it: a statement's end,
@@ -605,6 +616,7 @@ class RequestWork:
         self.delivered = self.connections = self.own_connections = self.waiting = 0
         self.in_doubt = False  # a bug ended it: what its connection was saying is unknown
         self.commits_sent = self.commits = 0  # COMMITs sent, and those the server said were done
+        self.unsaved: set[str] = set()  # tables written since the last COMMIT
 
     @property
     def where(self) -> str:  # for the log
@@ -666,15 +678,15 @@ class RequestWork:
         return message.get("type") == "http.disconnect"
 
     def warn_of_changes_never_saved(self, status: int) -> None:  # closing drops them
-        changed = self.session and [*self.session.new, *self.session.dirty, *self.session.deleted]
-        if changed and status < 400:  # the learner's bug: a success, and nothing saved
-            kinds = ", ".join(sorted({type(row).__name__ for row in changed}))
+        pending = self.session and [*self.session.new, *self.session.dirty, *self.session.deleted]
+        tables = self.unsaved | {row.__table__.name for row in pending or ()}  # flushed, or not
+        if tables and status < 400:  # the learner's bug: a success, and nothing saved
             logger.warning(
-                "%s answered %s, but its changes (%s) were never saved: a commit() forgotten,"
+                "%s answered %s, but its changes to %s were never saved: a commit() forgotten,"
                 " or not awaited?",
                 self.where,
                 status,
-                kinds,
+                ", ".join(sorted(tables)),
             )
 
     async def send(self, message: Message) -> None:

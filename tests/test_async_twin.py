@@ -1191,6 +1191,14 @@ def test_a_commit_not_awaited_is_named_in_a_warning(twin_app, rows, caplog):
         names_a_forgotten_commit(twin_app(code), rows, caplog)
 
 
+def test_a_flush_then_a_commit_not_awaited_is_named_in_a_warning(twin_app, rows, caplog):
+    code = FORGOTTEN_COMMIT.replace("def create_member", "async def create_member")
+    flushed = "    await session.flush()  # the id, at once\n    session.commit()  # not awaited\n"
+    code = code.replace("    return {", flushed + "    return {")
+    with pytest.warns(RuntimeWarning, match="was never awaited"):
+        names_a_forgotten_commit(twin_app(code), rows, caplog)
+
+
 def test_new_session_in_a_script_of_yours_outside_the_app_saves_its_write(twin_app, rows):
     app = twin_app()  # a seed script, say: asyncio.run() of its own
 

@@ -710,15 +710,43 @@ def test_a_learners_own_test_file_beside_test_main_passes_and_spares_their_datab
 FORGOTTEN_COMMIT = """
 
 # --- Added by a learner: a create route, its commit forgotten ---------------------------------
+from sqlalchemy import insert, update
+
 @app.post("/learner/members/", status_code=201)
 def create_member(user: UserInput, session: SessionDep) -> dict:
     session.add(UserTable(username=user.username, email=user.email))
     return {"created": user.username}
 """
+# Each way a route writes: added only, or already sent to the database, but never committed
+ADDED = "    session.add(UserTable(username=user.username, email=user.email))\n"
+UNSAVED_WRITES = {
+    "added": ADDED,
+    "flushed": ADDED + "    session.flush()  # the id, at once\n",
+    "read after": ADDED
+    + "    session.scalars(select(UserTable)).all()  # sends the INSERT first\n",
+    "inserted": "    session.execute(insert(UserTable).values(**user.model_dump()))\n",
+    "updated": "    session.execute(update(UserTable).values(email=user.email))\n",
+}
 
 
-def test_a_forgotten_commit_is_named_in_a_warning(learner_app, rows, caplog):
-    names_a_forgotten_commit(learner_app(FORGOTTEN_COMMIT), rows, caplog)
+@pytest.mark.parametrize("write", UNSAVED_WRITES)
+def test_a_forgotten_commit_is_named_in_a_warning(learner_app, rows, caplog, write):
+    code = FORGOTTEN_COMMIT.replace(ADDED, UNSAVED_WRITES[write])
+    names_a_forgotten_commit(learner_app(code), rows, caplog)
+
+
+def test_writes_committed_or_rolled_back_on_purpose_are_not_named(learner_app, rows, caplog):
+    undone = ADDED + "    session.flush()\n    session.rollback()  # a dry run, say\n"
+    app = learner_app(FORGOTTEN_COMMIT.replace(ADDED, undone))
+    with TestClient(app.app) as client:
+        dry_run = client.post("/learner/members/", json=ADA)
+        created = client.post("/users/", json=ADA)
+        user = f"/users/{created.json()['id']}"  # not 1 on MySQL: the dry run took it
+        changed = client.patch(user, json={"email": "ada@example.org"})
+        deleted = client.delete(user)
+    assert [dry_run.status_code, created.status_code, changed.status_code] == [201, 201, 200]
+    assert deleted.status_code == 204 and rows() == []
+    assert not [rec for rec in caplog.records if "never saved" in rec.getMessage()]
 
 
 def names_a_forgotten_commit(app, rows, caplog) -> None:  # main's, the twin's
@@ -729,5 +757,5 @@ def names_a_forgotten_commit(app, rows, caplog) -> None:  # main's, the twin's
     assert rows() == []  # the learner's bug: nothing saved, as SQLAlchemy does
     [line] = [rec.getMessage() for rec in caplog.records if "never saved" in rec.getMessage()]
     assert line.startswith("POST /learner/members/ answered 201"), line
-    assert "UserTable" in line and "commit()" in line
+    assert "changes to users" in line and "commit()" in line
     assert "`... were never saved: a commit() forgotten?`" in TROUBLESHOOTING
