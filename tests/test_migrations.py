@@ -346,3 +346,21 @@ def test_main_py_copied_into_a_package_as_reliability_md_says_makes_revisions(tm
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-2000:]
     assert list((package / "migrations" / "versions").glob("*_nothing.py"))
+
+
+@pytest.mark.parametrize("revisions", ["head", "0001:0002"])
+def test_alembic_sql_mode_is_refused_saying_why_not_a_traceback(tmp_path, revisions):
+    # --sql prints a script instead of running it: our revisions read the database as they run
+    copy_app(tmp_path)
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", revisions, "--sql"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "`--sql` cannot print this project's revisions" in result.stderr
+    assert not (tmp_path / "app.db").exists()  # nothing touched
