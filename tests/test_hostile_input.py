@@ -76,6 +76,22 @@ def test_a_body_that_is_not_utf8_text_returns_400(client, rows):
     assert rows() == []
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_a_json_body_in_utf16_or_utf32_is_read_as_the_readme_says(client, rows, encoding):
+    body = '{"username": "ada", "email": "a@example.com"}'.encode(encoding)  # with its BOM
+    response = client.post("/users/", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 201  # README, section 3: Python's JSON reader detects them
+    assert [row[1] for row in rows()] == ["ada"]
+
+
+def test_a_number_longer_than_python_reads_returns_400(client, rows):
+    body = '{"username": "ada", "email": "a@example.com", "age": ' + "9" * 5000 + "}"
+    response = client.post("/users/", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400  # README, section 3: more than 4300 digits
+    assert response.json() == {"detail": "There was an error parsing the body"}
+    assert rows() == []
+
+
 @pytest.mark.parametrize(
     "method, path, body, field",
     [
