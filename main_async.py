@@ -10,7 +10,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, MetaData, String, make_url
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, create_async_engine
 from sqlalchemy.orm import Mapped, declarative_base, mapped_column
-from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 
 # --- Section 3: the database URL, the engine and the model ----------------------------------
@@ -18,11 +17,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     # extra="ignore": .env may hold other lines (TEST_DATABASE_URL for the tests): not an error
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
-    # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
+    # For part 3's engine: the connections it keeps open (its "pool"), and the seconds a request
+    # may wait for the database, then answered 503 (try again). ge=, le=: at least, at most.
     db_pool_size: int = Field(default=4, ge=1)
-    # Seconds a request may wait for the database. It waits twice (for a free connection, then
-    # for its query's answer), so each wait gets half; past that, the answer is 503 (Service
-    # Unavailable: try again). ge=4, le=3600: from 4 s (2 s a wait) to an hour.
     db_timeout: float = Field(default=10, ge=4, le=3600)
 
 
@@ -39,18 +36,7 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
     return url.set(drivername=f"{backend}+{drivers[backend]}") if backend in drivers else url
 
 
-db_engine = create_async_engine(
-    async_url(DB_URL),
-    # A pool that keeps pool_size connections, each lent to one request at a time. SQLAlchemy
-    # picks this kind by itself for MySQL and a SQLite file; for "sqlite://" (in memory), one
-    # without pool_timeout: create_engine() would fail here, before part 3 says what to do.
-    poolclass=AsyncAdaptedQueuePool,
-    pool_size=settings.db_pool_size,  # the pool: this many connections, reused
-    # A request waits at most half of DB_TIMEOUT for a free connection: the other half is left
-    # for the answer to its query (part 3 bounds that wait too).
-    pool_timeout=settings.db_timeout / 2,
-    pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
-)
+db_engine = create_async_engine(async_url(DB_URL))  # part 3 puts a bounded one in its place
 
 # Names for the keys and indexes that create_all() makes, such as pk_users and uq_users_username
 # (SQLAlchemy fills in each %(...)s). Without them MySQL and SQLite would each make up their own,
@@ -290,7 +276,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolResetState, StaticPool
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -362,6 +348,19 @@ def username_rules(name: str) -> str:
 
 
 # --- The engine: bounded waits, and each connection noted for the request that takes it -----
+# The tutorial's engine (part 1) waits 30 s for a free connection, and for ever for a stuck
+# server. This one takes its place before either opens a connection: the same URL, waits bounded.
+db_engine = create_async_engine(
+    async_url(DB_URL),
+    # A pool that keeps pool_size connections, each lent to one request at a time. SQLAlchemy
+    # picks this kind by itself for MySQL and a SQLite file; for "sqlite://" (in memory), one
+    # without pool_timeout: create_async_engine() would fail here, before prepare_app() says
+    # what to do.
+    poolclass=AsyncAdaptedQueuePool,
+    pool_size=settings.db_pool_size,
+    pool_timeout=WAIT_SECONDS,  # for a free connection: the query's answer gets its own
+    pool_pre_ping=True,  # test a kept connection before use: the server may have restarted
+)
 guarded_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -889,7 +888,7 @@ async def prepare_app(app: FastAPI) -> str | None:  # at startup, or a mounted a
     """Creates the tables that are missing, then checks them and the app's routes (ours, or an
     app of yours that takes our lifespan): a problem found, or None."""
     guard_engine(db_engine.sync_engine)  # a test's, put in place of ours (README, section 6)
-    # "sqlite://" gets here because part 1 names the pool, not a TypeError about pool_timeout
+    # "sqlite://" gets here because our engine names its pool, not a TypeError about pool_timeout
     in_memory = db_engine.url.database in (None, "", ":memory:")  # on SQLite, that is
     shared = isinstance(db_engine.pool, StaticPool)  # one connection for all: a test's engine
     if db_engine.dialect.name == "sqlite" and in_memory and not shared:
