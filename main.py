@@ -476,6 +476,7 @@ class RequestWork:
         self.delivered = self.connections = self.own_connections = 0
         self.commits_sent = self.commits = 0  # COMMITs sent, and those the server said were done
         self.unsaved: set[str] = set()  # tables written since the last COMMIT
+        self.body_dropped = False  # too large to keep: an error's answer cannot read it
 
     @property
     def where(self) -> str:  # for the log
@@ -524,6 +525,7 @@ class RequestWork:
         if self.delivered == len(self.kept):
             message = await self.from_client()
             if message["type"] != "http.request" or not self.can_run_again:
+                self.body_dropped |= message["type"] == "http.request"  # a part not kept
                 return message
             self.kept.append(message)  # for a second run: at most the app's limit, and 1 MiB
             limit = min(app.max_body_size or 2**20, 2**20)  # a larger upload is never run again
@@ -594,7 +596,10 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
                 await work.close()  # if a session was opened and not yet closed
                 this_request.reset(token)
             if answer is not None:  # the body again, for a handler of yours that reads it
-                return await answer(run, RequestWork(run, receive, send, kept, False).receive, send)
+                again = [{"type": "http.request", "body": b""}] if work.body_dropped else kept
+                return await answer(
+                    run, RequestWork(run, receive, send, again, False).receive, send
+                )
 
     return middleware
 

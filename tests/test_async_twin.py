@@ -39,6 +39,7 @@ from tests.support import (
     twin_folder,
 )
 from tests.test_next_steps import (
+    BULK_CREATE,
     CORS_FOR_A_FRONTEND,
     FORGOTTEN_COMMIT,
     GIVEN_OUR_MIDDLEWARE,
@@ -49,6 +50,7 @@ from tests.test_next_steps import (
     PROCESS_TIME_HEADER,
     answers_201_then_409,
     answers_409_in_their_apps_format,
+    answers_409_to_a_handler_of_a_large_body,
     answers_409_to_a_handler_that_reads_the_body,
     answers_in_the_learners_format,
     answers_on_an_in_memory_engine,
@@ -901,6 +903,14 @@ def test_an_app_of_the_learners_own_answers_the_409_with_its_own_handler(twin_ap
 
 def test_the_learners_handler_that_reads_the_body_answers_the_apps_409(twin_app, caplog):
     answers_409_to_a_handler_that_reads_the_body(twin_app(LOGGED_ERRORS), caplog)
+
+
+def test_the_learners_handler_that_reads_a_body_too_large_to_keep_answers_409(
+    twin_app, rows, caplog
+):
+    code = BULK_CREATE.replace("def create_many", "async def create_many")
+    code = code.replace("    session.commit()", "    await session.commit()")
+    answers_409_to_a_handler_of_a_large_body(twin_app(LOGGED_ERRORS + code), rows, caplog)
 
 
 def test_get_session_overridden_as_fastapis_testing_docs_do_answers_201_then_409(

@@ -4,6 +4,7 @@ that loses a deadlock, a slow client, a middleware of the learner's. Each was a 
 app's own machinery, or is a way FastAPI's docs teach. (WebSockets, streams and background
 tasks: tests/test_one_session_per_request.py.)"""
 
+import json
 import logging
 import os
 import shutil
@@ -524,6 +525,69 @@ def answers_409_to_a_handler_that_reads_the_body(app, caplog) -> None:  # main's
     assert (taken.status_code, taken.json()) == (409, {"detail": "Username already taken"})
     [logged] = [line for line in caplog.text.splitlines() if "answered 409, the body" in line]
     assert "ada@example.com" in logged
+
+
+BULK_CREATE = """
+
+# --- Added by a learner: many users at once, in a body larger than the app's 64 KiB ----------
+@app.post("/learner/bulk", status_code=201, max_body_size=8 * 2**20)
+def create_many(users: list[UserInput], session: SessionDep) -> dict:
+    for user in users:
+        session.add(UserTable(username=user.username, email=user.email))
+    session.commit()
+    return {"created": len(users)}
+"""
+
+
+def test_the_learners_handler_that_reads_a_body_too_large_to_keep_answers_409(
+    learner_app, rows, caplog
+):
+    answers_409_to_a_handler_of_a_large_body(learner_app(LOGGED_ERRORS + BULK_CREATE), rows, caplog)
+
+
+def answers_409_to_a_handler_of_a_large_body(app, rows, caplog) -> None:  # main's, the twin's
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    with TestClient(app.app) as client:
+        client.post("/users/", json=ADA)
+    users = [{"username": f"user{n}", "email": "a@example.com"} for n in range(5000)]
+    body = json.dumps([*users, ADA]).encode()  # about 250 KB, the last name taken
+    answer = anyio.run(post_in_parts, app.app, "/learner/bulk", body)
+    assert (answer["status"], json.loads(answer["body"])) == (
+        409,
+        {"detail": "Username already taken"},
+    )
+    assert [row[1] for row in rows()] == ["ada"]
+    [logged] = [line for line in caplog.text.splitlines() if "answered 409, the body" in line]
+    assert logged.endswith("the body sent: b''")  # too large to keep: not given again
+
+
+async def post_in_parts(app, path: str, body: bytes) -> dict:
+    """POSTs the body in 64 KiB parts, as uvicorn hands them over, then waits as a client does
+    for its answer: at most 10 s. Returns the status and the body of the answer."""
+    parts = [body[at : at + 65536] for at in range(0, len(body), 65536)]
+    messages = [
+        {"type": "http.request", "body": part, "more_body": at < len(parts) - 1}
+        for at, part in enumerate(parts)
+    ]
+    answer: dict = {"body": b""}
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()  # nothing more, until the client goes
+
+    async def send(message: dict) -> None:
+        answer.setdefault("status", message.get("status"))
+        answer["body"] += message.get("body", b"")
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST"}
+    scope |= {"scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b""}
+    scope |= {"root_path": "", "headers": headers, "client": ("127.0.0.1", 50000)}
+    scope |= {"server": ("test", 80), "state": {}}
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    return answer
 
 
 # --- Added by a learner right after `app = ...`, where FastAPI's "CORS" page adds it ----------
