@@ -15,13 +15,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     # extra="ignore": .env may hold other lines (TEST_DATABASE_URL for the tests): not an error
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
-    # For part 3's engine: the connections it keeps open (its "pool"), and the seconds a request
-    # may wait for the database, then answered 503 (try again). ge=, le=: at least, at most.
-    db_pool_size: int = Field(default=4, ge=1)
-    db_timeout: float = Field(default=10, ge=4, le=3600)
 
 
-settings = Settings()  # a bad value stops the app here, with a message that names the setting
+settings = Settings()  # part 3 reads them again, with the limits a real service adds
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(DB_URL)  # part 3 puts one whose waits are bounded in its place
 
@@ -257,6 +253,17 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
+
+class ServiceSettings(Settings):  # part 1's, and the limits of a service (.env.example)
+    # The "pool": connections kept open, each lent to one request at a time. ge=: at least this.
+    db_pool_size: int = Field(default=4, ge=1)
+    # Seconds a request may wait for the database. It waits twice (for a free connection, then
+    # for its query's answer), so each wait gets half; past that, the answer is 503 (Service
+    # Unavailable: try again). ge=4, le=3600: from 4 s (2 s a wait) to an hour.
+    db_timeout: float = Field(default=10, ge=4, le=3600)
+
+
+settings = ServiceSettings()  # a bad value stops the app here, with a message that names it
 logger = logging.getLogger("uvicorn.error")  # uvicorn prints this logger's lines
 # A user is a few hundred bytes: a larger body is refused unread (413). A route of yours that
 # takes files sets its own: @app.post(..., max_body_size=10 * 2**20).

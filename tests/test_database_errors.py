@@ -235,7 +235,7 @@ def test_more_requests_than_turns_is_busy_and_an_unreachable_database_unavailabl
 
 
 def test_default_bound_is_10_seconds_and_set_in_dotenv_example():
-    assert main.Settings.model_fields["db_timeout"].default == 10
+    assert main.ServiceSettings.model_fields["db_timeout"].default == 10
     assert "DB_TIMEOUT=10" in (ROOT / ".env.example").read_text()
 
 
