@@ -19,7 +19,7 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
 
 settings = Settings()  # part 3 reads them again, with the limits a real service adds
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
-db_engine = create_engine(DB_URL)  # part 3 puts one whose waits are bounded in its place
+db_engine = create_engine(DB_URL)
 
 # Names for the keys and indexes that create_all() makes, such as pk_users and uq_users_username
 # (SQLAlchemy fills in each %(...)s). Without them MySQL and SQLite would each make up their own,

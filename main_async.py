@@ -32,7 +32,7 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
     return url.set(drivername=f"{backend}+{drivers[backend]}") if backend in drivers else url
 
 
-db_engine = create_async_engine(async_url(DB_URL))  # part 3 puts a bounded one in its place
+db_engine = create_async_engine(async_url(DB_URL))
 
 # Names for the keys and indexes that create_all() makes, such as pk_users and uq_users_username
 # (SQLAlchemy fills in each %(...)s). Without them MySQL and SQLite would each make up their own,
