@@ -272,9 +272,9 @@ app.title = "Users API: the FastAPI + SQLAlchemy + MySQL reference app"  # /docs
 app.description = "Follows the tutorial *Databases and ORM in FastAPI*. Try **POST /users/** first."
 WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a ping, then a connect
 # Database errors by MySQL's number or SQLite's name. Unavailable: refused, gone, lost, too many
-# connections, shutting down, Galera without quorum, and a login or a name that startup refuses
+# connections, shutting down, Galera without quorum, and a login, a name or TLS that startup refuses
 # at once. Busy: a deadlock, a lock, a long statement, a statement an operator stopped (KILL QUERY).
-REFUSED_AT_ONCE = {1044, 1045, 1049, "SQLITE_CANTOPEN"}  # at startup: a login, a name
+REFUSED_AT_ONCE = {1044, 1045, 1049, 2026, "SQLITE_CANTOPEN"}  # at startup: a login, a name, TLS
 UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180} | REFUSED_AT_ONCE
 BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
@@ -762,6 +762,11 @@ def prepare_app(app: FastAPI) -> str | None:  # at startup, or at a mounted app'
         raise RuntimeError(  # each connection would open a new, empty database of its own
             "DATABASE_URL names an in-memory SQLite database: give it a file instead,"
             " such as sqlite:///./app.db (a test's engine: poolclass=StaticPool)"
+        )
+    if db_engine.dialect.name != "sqlite" and not db_engine.url.database:  # ...@host, or @host/
+        raise RuntimeError(
+            "DATABASE_URL names no database: end it with one, such as"
+            " mysql+pymysql://user:password@host/tutorial"
         )
     if not preparing.acquire(timeout=WAIT_SECONDS):  # another request prepares: one wait
         raise exc.TimeoutError(f"The tables were still being prepared after {WAIT_SECONDS:g} s")

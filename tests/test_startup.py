@@ -209,3 +209,34 @@ def test_a_url_for_another_driver_stops_main_py_as_troubleshooting_says(tmp_path
     )
     assert run.returncode != 0 and message in run.stderr, run.stderr[-1500:]
     assert f"`{message}" in (ROOT / "docs" / "troubleshooting.md").read_text()
+
+
+@pytest.mark.parametrize("ending", ["", "/"])
+def test_a_url_that_names_no_database_stops_the_app_saying_so(mysql_engine, app_folder, ending):
+    url = mysql_engine.url.set(host="127.0.0.1").render_as_string(hide_password=False)
+    server = UvicornServer(url.rsplit("/", 1)[0] + ending, cwd=app_folder)  # mysql://...@host
+    code, seconds, lines = exit_of(server, timeout=30)
+    [line] = [line for line in lines if "DATABASE_URL names no database" in line] or [
+        "\n".join(lines)
+    ]
+    print(f"\nno database named: exit code {code} after {seconds:.1f} s: {line}")
+    assert code != 0
+    assert "such as mysql+pymysql://user:password@host/tutorial" in line
+    assert mysql_engine.url.password not in "\n".join(lines)
+    assert seconds < 5
+    assert "| `DATABASE_URL names no database: end it with one`, at once |" in TROUBLESHOOTING
+
+
+@pytest.mark.parametrize("app_folder", ["main"], indirect=True)  # the twin refuses ssl_... itself
+def test_a_tls_setting_the_server_cannot_meet_stops_the_app_at_once(mysql_engine, app_folder):
+    url = mysql_engine.url.set(
+        host="127.0.0.1", query={"ssl_ca": "/etc/ssl/certs/ca-certificates.crt"}
+    )
+    server = UvicornServer(url.render_as_string(hide_password=False), cwd=app_folder)
+    code, seconds, lines = exit_of(server, timeout=30)
+    line = clear_line(lines, mysql_engine.url.password)
+    print(f"\nTLS the server lacks: exit code {code} after {seconds:.1f} s: {line}")
+    assert code != 0
+    assert "(2026" in line and "SSL" in line
+    assert '`Cannot use the database ...: (2026, "SSL is required' in TROUBLESHOOTING
+    assert seconds < 5, "waited for a server that cannot meet the URL's TLS setting"
