@@ -172,14 +172,14 @@ class Arbitrator(Member):
     """garbd: a voting member of the group that keeps no data."""
 
     def __init__(self, folder: Path):
-        self.name, self.log = "garbd", folder / "garbd.log"
+        self.name, self.log, self.folder = "garbd", folder / "garbd.log", folder
         self.gcomm = free_port()
 
     def start(self, peers: str) -> None:
         command = [GARBD, "--group", GROUP, "--address", f"gcomm://{peers}", "--log", self.log]
         command += ["--options", f"gmcast.listen_addr=tcp://127.0.0.1:{self.gcomm}"]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        self.process = subprocess.Popen(  # in its folder: it writes gvwstate.dat where it runs
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.folder
         )
 
     def stop(self) -> None:
