@@ -524,9 +524,12 @@ def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavai
 class RequestSession(Session):
     def get_bind(self, *args: object, **kwargs: object) -> Engine | Connection:
         # A connection comes next, if this transaction has none yet: a free one, a ping or a
-        # connect, bounded together (after_begin ends the wait). add() takes none: what a route
-        # awaits after it, another service say, is no wait for the database.
-        if (transaction := self.get_transaction()) is None or not transaction.connections:
+        # connect, bounded together (the engine's "begin" ends the wait). add() takes none: what
+        # a route awaits after it, another service say, is no wait for the database.
+        transaction = self.get_transaction()
+        waits = transaction is None or not transaction.connections
+        if waits and not self.info.get("waits"):  # once: a flush asks once for each table
+            self.info["waits"] = True
             bound_wait(settings.db_timeout)
         return super().get_bind(*args, **kwargs)
 
@@ -538,7 +541,7 @@ session_factory = async_sessionmaker(
 
 @event.listens_for(RequestSession, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
-    bound_wait(None, all_over=True)  # its first connection: nothing else of it was waiting
+    session.info.pop("waits", None)  # its connection came: the engine's "begin" ended the wait
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
     if work := this_request.get(None):
         work.own_connections += 1

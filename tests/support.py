@@ -124,8 +124,10 @@ class TcpProxy:
     `hold` keeps the first N connections waiting until all N have arrived, then lets them go
     together, so that N processes really race. `resetting = True` accepts each new connection and
     resets it at once (a server that crashes as it accepts, or a balancer with no server behind).
-    `garble_next = True` misnumbers the next packet the server sends: an answer that arrives, but
-    that the driver cannot read (a corrupted network, or a proxy's bug).
+    stall_open() stalls the connections open now, for good, and no new one (a pooled connection
+    that a NAT or a failover dropped silently). `garble_next = True` misnumbers the next packet
+    the server sends: an answer that arrives, but that the driver cannot read (a corrupted
+    network, or a proxy's bug).
     """
 
     def __init__(self, target_host: str, target_port: int, latency: float = 0.0, hold: int = 0):
@@ -136,6 +138,7 @@ class TcpProxy:
         self.stalled = False
         self.resetting = False
         self.garble_next = False
+        self._stalled_sockets: set[socket.socket] = set()
         self._hold = hold
         self._released = threading.Event()
         self._sockets: set[socket.socket] = set()
@@ -175,6 +178,10 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def stall_open(self) -> None:
+        with self._lock:
+            self._stalled_sockets |= self._sockets
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -211,7 +218,7 @@ class TcpProxy:
                     data = data[:3] + bytes([(data[3] + 7) % 256 or 1]) + data[4:]
                 if self.latency:
                     time.sleep(self.latency)
-                while self.stalled:
+                while self.stalled or source in self._stalled_sockets:
                     time.sleep(0.01)
                 sink.sendall(data)
         except OSError:

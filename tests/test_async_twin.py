@@ -1136,6 +1136,49 @@ def test_a_route_that_opens_a_second_session_runs_it_in_its_own_turn(twin_app):
     counts_in_a_second_session(twin_app(SECOND_SESSION_IN_THE_ROUTE, DB_POOL_SIZE="1"))
 
 
+SESSIONS_GATHERED = """
+
+# --- Added by a learner: two counts at once, each in its own session, as docs/async.md says
+import asyncio
+
+from sqlalchemy import func, select
+
+
+async def count_users() -> int:
+    async with new_session() as session:
+        return await session.scalar(select(func.count()).select_from(UserTable))
+
+
+@app.get("/learner/two-counts")
+async def two_counts() -> dict:
+    first, second = await asyncio.gather(count_users(), count_users())
+    return {"users": first, "again": second}
+"""
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_sessions_gathered_stay_bounded_when_one_connection_was_silently_dropped(
+    twin_app, engine, make_proxy
+):
+    proxy = make_proxy()
+    app = twin_app(SESSIONS_GATHERED, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+
+    async def scenario(http) -> tuple:
+        await app.create_tables()  # no lifespan here
+        warmed = await http.get("/users/")  # the pool keeps its one connection
+        proxy.stall_open()  # dropped on the way, silently: new connections still work
+        started = time.monotonic()
+        with anyio.fail_after(3 * BOUND):  # a client's patience: no answer at all is the bug
+            answer = await http.get("/learner/two-counts")
+        return warmed, answer, time.monotonic() - started
+
+    warmed, answer, seconds = on_loop(app, scenario)
+    print(f"\none pooled connection dropped: {answer.status_code} after {seconds:.2f} s")
+    assert warmed.status_code == 200
+    assert (answer.status_code, answer.json()) == (503, {"detail": "Database unavailable"})
+    assert seconds <= BOUND + MARGIN  # the connection's wait: DB_TIMEOUT, a ping and a connect
+
+
 NESTED_NEW_SESSIONS = """
 
 # --- Added by a learner: a helper with a session of its own, called where one is open already
