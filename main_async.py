@@ -1021,7 +1021,8 @@ def schema_problem(bind: Connection) -> str | None:
             first = "" if adopted else "Run `alembic upgrade head` first (Alembic adopts it). "
             return (
                 f"Table '{table.name}' {problem}, which the models declare. {first}If no"
-                ' revision has it yet, write one (`alembic revision --autogenerate -m "..."`), then'
-                " run `alembic upgrade head` (README: Changing the schema)."
+                " revision has it yet, write one from this file's models (`alembic -x"
+                ' app=main_async revision --autogenerate -m "..."`), then run `alembic upgrade'
+                " head` (README: Changing the schema)."
             )
     return None

@@ -1,13 +1,16 @@
 """Alembic's environment: the app's own DATABASE_URL and models (main.py), so that `alembic`
 commands work on the database the app uses. See README.md, "Changing the schema"."""
 
+import importlib
 from logging.config import fileConfig
 
 from alembic import context
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool
 
-import main
+# The app whose models autogenerate reads: main.py, or the twin's (`alembic -x app=main_async
+# ...`), whose model a learner of the twin changes; both make the same tables.
+main = importlib.import_module(context.get_x_argument(as_dictionary=True).get("app", "main"))
 
 config = context.config
 if config.config_file_name is not None:

@@ -10,6 +10,8 @@ import asyncio
 import importlib.util
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -34,10 +36,13 @@ from conftest import twin_engine, url_of
 from tests.support import (
     ROOT,
     UvicornServer,
+    copy_app,
     deadlocked,
     free_port,
+    placed,
     twin_folder,
 )
+from tests.test_database_errors import NEW_COLUMN
 from tests.test_next_steps import (
     BULK_CREATE,
     CORS_FOR_A_FRONTEND,
@@ -1582,3 +1587,39 @@ def test_a_mounted_apps_route_that_takes_the_session_says_to_add_the_middleware(
 def test_a_mounted_app_given_the_middleware_answers_a_taken_username_409(twin_app, rows):
     app = twin_app(SUB_APP + GIVEN_OUR_MIDDLEWARE + MOUNTED)
     answers_201_then_409(app, "/subapi/users/", rows)
+
+
+# --- A twin learner's new column: the startup line's commands, run as written, bring it -------
+def test_a_column_added_to_the_twin_comes_through_the_commands_its_startup_names(engine, tmp_path):
+    copy_app(tmp_path)  # main.py, the revisions, alembic.ini: the project as cloned
+    source = (ROOT / "main_async.py").read_text()
+    (tmp_path / "main_async.py").write_text(placed(source, NEW_COLUMN, "    email: Mapped[str]"))
+    env = {**os.environ, "DATABASE_URL": url_of(engine)}
+    start = "import main_async, fastapi.testclient as t; t.TestClient(main_async.app).__enter__()"
+
+    def started() -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", start]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    unmigrated = (tmp_path / "main_async.py").read_text().replace(NEW_COLUMN, "")
+    (tmp_path / "before.py").write_text(unmigrated)  # the twin as it was: its tables, stamped
+    run = subprocess.run(
+        [sys.executable, "-c", start.replace("main_async", "before")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-1500:]
+    stopped = started()
+    assert stopped.returncode != 0 and "has no column 'full_name'" in stopped.stderr
+    [line] = [line for line in stopped.stderr.splitlines() if "has no column 'full_name'" in line]
+    commands = re.findall(r"`(alembic [^`]+)`", line)
+    assert any("-x app=main_async" in command for command in commands), line
+    for command in commands:  # as the line says, in its order; "..." is the learner's message
+        words = [word.replace("...", "add full_name") for word in shlex.split(command)]
+        run = subprocess.run(
+            [sys.executable, "-m", *words], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, f"{command}: {run.stderr[-1500:]}"
+    assert started().returncode == 0, started().stderr[-1500:]
