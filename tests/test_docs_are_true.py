@@ -54,6 +54,7 @@ MODULES = [
 ]
 CLASSES = [
     "sqlalchemy.orm:Session",
+    "sqlalchemy.ext.asyncio:AsyncSession",  # the twin's session (docs/async.md)
     "sqlalchemy.orm:sessionmaker",
     "sqlalchemy:Engine",
     "sqlalchemy:Connection",

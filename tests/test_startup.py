@@ -24,10 +24,11 @@ BREAK = {
 def exit_of(server: UvicornServer, timeout: float) -> tuple[int, float, list[str]]:
     """Waits for the app to stop; its exit code, the seconds since it was started, its lines."""
     started = time.monotonic()
-    code = server.process.wait(timeout=timeout)
-    seconds = time.monotonic() - started
-    server.stop()
-    return code, seconds, server.lines
+    try:
+        code = server.process.wait(timeout=timeout)
+    finally:
+        server.stop()  # an app that started after all is not left running
+    return code, time.monotonic() - started, server.lines
 
 
 def clear_line(lines: list[str], password: str) -> str:
