@@ -329,8 +329,9 @@ def test_main_py_copied_into_a_package_as_reliability_md_says_makes_revisions(tm
     (package / "__init__.py").write_text("")
     shutil.copy(ROOT / "main.py", package / "database.py")
     env_py = package / "migrations" / "env.py"
-    copied = "\nfrom myproj import database as main\n"
-    env_py.write_text(env_py.read_text().replace("\nimport main\n", copied))
+    default_app = '.get("app", "main")'  # the app whose models autogenerate reads
+    assert default_app in env_py.read_text()
+    env_py.write_text(env_py.read_text().replace(default_app, '.get("app", "myproj.database")'))
     ini = (ROOT / "alembic.ini").read_text()
     ini = ini.replace("%(here)s/migrations", "%(here)s/myproj/migrations")
     ini = ini.replace("= migrations.format_revision", "= myproj.migrations.format_revision")
@@ -338,6 +339,7 @@ def test_main_py_copied_into_a_package_as_reliability_md_says_makes_revisions(tm
     recipe = " ".join((ROOT / "docs" / "reliability.md").read_text().split())
     assert "its format_revision.module line" in recipe
     assert "at myproj.migrations.format_revision" in recipe
+    assert 'its default app, `"main"`, becomes `"myproj.database"`' in recipe
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/dev.db"}
     for command_line in (["upgrade", "head"], ["revision", "--autogenerate", "-m", "nothing"]):
         run = subprocess.run(

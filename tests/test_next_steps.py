@@ -4,6 +4,7 @@ that loses a deadlock, a slow client, a middleware of the learner's. Each was a 
 app's own machinery, or is a way FastAPI's docs teach. (WebSockets, streams and background
 tasks: tests/test_one_session_per_request.py.)"""
 
+import inspect
 import json
 import logging
 import os
@@ -551,7 +552,15 @@ def answers_409_to_a_handler_of_a_large_body(app, rows, caplog) -> None:  # main
         client.post("/users/", json=ADA)
     users = [{"username": f"user{n}", "email": "a@example.com"} for n in range(5000)]
     body = json.dumps([*users, ADA]).encode()  # about 250 KB, the last name taken
-    answer = anyio.run(post_in_parts, app.app, "/learner/bulk", body)
+
+    async def post_then_close() -> dict:  # the twin's connections closed on the loop they use
+        try:
+            return await post_in_parts(app.app, "/learner/bulk", body)
+        finally:
+            if inspect.isawaitable(disposed := app.db_engine.dispose()):
+                await disposed
+
+    answer = anyio.run(post_then_close)
     assert (answer["status"], json.loads(answer["body"])) == (
         409,
         {"detail": "Username already taken"},
