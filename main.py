@@ -17,7 +17,7 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
 
 
-settings = Settings()  # part 3 reads them again, with the limits a real service adds
+settings = Settings()  # part 3 reads the settings again, with the limits a service adds
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 db_engine = create_engine(DB_URL)
 

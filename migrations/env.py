@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, pool
 
 # The app whose models autogenerate reads: main.py, or the twin's (`alembic -x app=main_async
 # ...`), whose model a learner of the twin changes; both make the same tables.
-main = importlib.import_module(context.get_x_argument(as_dictionary=True).get("app", "main"))
+app = importlib.import_module(context.get_x_argument(as_dictionary=True).get("app", "main"))
 
 config = context.config
 if config.config_file_name is not None:
@@ -24,7 +24,7 @@ def include_object(item: object, name: str, kind: str, reflected: bool, compare_
 
 
 OPTIONS = {
-    "target_metadata": main.BaseModelClass.metadata,  # what autogenerate compares against
+    "target_metadata": app.BaseModelClass.metadata,  # what autogenerate compares against
     "include_object": include_object,
     # SQLite cannot change a column in place: "batch" operations copy the table instead. They
     # work on MySQL too, so one revision file serves both.
@@ -46,7 +46,7 @@ def run_migrations_online() -> None:
     # The tests (and pytest-alembic) hand over an engine of their own; the command line uses
     # the app's DATABASE_URL.
     engine = config.attributes.get("connection") or create_engine(
-        main.settings.database_url, poolclass=pool.NullPool
+        app.settings.database_url, poolclass=pool.NullPool
     )
     with engine.connect() as connection:
         # A batch migration on SQLite copies a table, then drops the old one. With foreign keys
