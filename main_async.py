@@ -303,6 +303,8 @@ UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180} | REF
 BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
+# A value its column refuses: out of range, too long, not one it allows, against a CHECK (422)
+REFUSED_VALUE_CODES = {1264, 1406, 1265, 3819, 4025, "SQLITE_CONSTRAINT_CHECK"}
 this_request: ContextVar["RequestWork"] = ContextVar("this_request")  # set by the middleware
 in_a_new_session = ContextVar("in_a_new_session", default=False)  # set by new_session()
 turns_of_this_loop: RunVar[anyio.Semaphore] = RunVar("turns")  # one loop per uvicorn worker
@@ -436,6 +438,12 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             drop.cancel()
         else:
             bound_wait(None)
+
+    @event.listens_for(engine, "handle_error")  # sqlite3's number too large is not a DBAPI error
+    def number_too_large(context: ExceptionContext) -> exc.DataError | None:
+        if isinstance(error := context.original_exception, OverflowError):
+            return exc.DataError(context.statement, context.parameters, error)  # answered 422
+        return None
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
@@ -767,6 +775,7 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     """The answer to a database error, or None: run the request again."""
     cause = getattr(error, "orig", None)  # the driver's error; none: no turn or connection free
     code = cause and (getattr(cause, "sqlite_errorname", None) or cause.args[0])
+    refused_value = code in REFUSED_VALUE_CODES or isinstance(cause, OverflowError)
     cause = f"{type(error).__name__} ({code}) {(cause or error).args[-1]}"  # never the SQL
     committed = work.commits > 0
     if work.scope["type"] == "websocket":
@@ -796,6 +805,9 @@ def database_error(error: Exception, work: RequestWork) -> ASGIApp | None:
     elif unknown:
         status_code, detail = 500, "Saved or not is unknown: the database went away"
         cause += "; not run again: its COMMIT's answer was lost"
+    elif refused_value:  # the client's value: MySQL's message names its column
+        said = str(error.orig.args[-1]).split(" at row ")[0].split(" for `")[0]
+        status_code, detail = 422, f"The database refuses a value: {said}"
     elif conflict and "username" in cause[-20:]:
         return the_apps_answer_to(HTTPException(status.HTTP_409_CONFLICT, "Username already taken"))
     elif conflict and code in (1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"):  # a foreign key

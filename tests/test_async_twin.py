@@ -53,6 +53,7 @@ from tests.test_next_steps import (
     ON_EVENT,
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
+    UNCHECKED_NOTES,
     answers_201_then_409,
     answers_409_in_their_apps_format,
     answers_409_to_a_handler_of_a_large_body,
@@ -64,6 +65,9 @@ from tests.test_next_steps import (
     names_a_forgotten_commit,
     names_an_on_event_handler_never_run,
     refers_to_a_missing_user,
+    refuses_a_number_too_large,
+    refuses_a_text_too_long,
+    refuses_a_value_against_its_check,
     runs_a_deadlock_again_inside_the_learners_middleware,
     says_what_to_do_when_mounted,
 )
@@ -874,6 +878,23 @@ async def add_note(user_id: int, session: SessionDep) -> dict:
 
 def test_a_row_that_refers_to_a_missing_user_is_409_saying_so(twin_app):
     refers_to_a_missing_user(twin_app(NOTES))
+
+
+ASYNC_UNCHECKED_NOTES = UNCHECKED_NOTES.replace("def add_note", "async def add_note").replace(
+    "session.commit()", "await session.commit()"
+)
+
+
+def test_a_number_too_large_for_its_column_is_422_naming_it(twin_app, engine):
+    refuses_a_number_too_large(twin_app(ASYNC_UNCHECKED_NOTES), engine)
+
+
+def test_a_value_its_tables_check_refuses_is_422(twin_app):
+    refuses_a_value_against_its_check(twin_app(ASYNC_UNCHECKED_NOTES))
+
+
+def test_a_text_too_long_for_its_column_is_422_naming_it_on_mysql(twin_app, engine):
+    refuses_a_text_too_long(twin_app(ASYNC_UNCHECKED_NOTES), engine)
 
 
 GUARDS = """
