@@ -266,7 +266,7 @@ from anyio.lowlevel import RunVar
 from fastapi.dependencies.models import Dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import RequestValidationError, ResponseValidationError
 from fastapi.middleware import Middleware
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
@@ -699,7 +699,7 @@ class RequestWork:
     def warn_of_changes_never_saved(self, status: int) -> None:  # closing drops them
         pending = self.session and [*self.session.new, *self.session.dirty, *self.session.deleted]
         tables = self.unsaved | {row.__table__.name for row in pending or ()}  # flushed, or not
-        if tables and status < 400:  # the learner's bug: a success, and nothing saved
+        if tables:
             logger.warning(
                 "%s answered %s, but its changes to %s were never saved: a commit() forgotten,"
                 " or not awaited?",
@@ -712,7 +712,8 @@ class RequestWork:
         if not self.answered and message["type"] in ("http.response.start", "websocket.accept"):
             self.answered = True  # the answer is built: an idle socket or a slow client holds
             if not self.needed_after_the_answer():  # no turn, nor a background task after it
-                self.warn_of_changes_never_saved(message.get("status", 500))
+                if message.get("status", 500) < 400:  # a success, and nothing saved: a bug
+                    self.warn_of_changes_never_saved(message["status"])
                 await self.close()
         if message["type"] == "http.response.body" and not message.get("more_body"):
             self.sent_whole = True  # all of it: a later error cannot cut it short
@@ -750,6 +751,10 @@ def one_session_per_request(inner: ASGIApp) -> ASGIApp:
                 raise no_answer()
             except (exc.DBAPIError, exc.TimeoutError) as error:
                 answer = database_error(error, work)  # None: run it again, after a deadlock
+            except ResponseValidationError:  # a row returned unsaved: no id, and its check fails
+                work.warn_of_changes_never_saved(500)
+                work.in_doubt = True  # a 500, as any bug below
+                raise
             except BaseException:  # a bug (a 500): a task it left may still use its connection
                 work.in_doubt = True
                 raise

@@ -53,6 +53,7 @@ from tests.test_next_steps import (
     ON_EVENT,
     PLAIN_TEXT_ERRORS,
     PROCESS_TIME_HEADER,
+    RETURNS_THE_ROW,
     UNCHECKED_NOTES,
     answers_201_then_409,
     answers_409_in_their_apps_format,
@@ -63,6 +64,7 @@ from tests.test_next_steps import (
     answers_through_the_learners_middleware,
     has_the_guards,
     names_a_forgotten_commit,
+    names_a_forgotten_commit_behind_a_500,
     names_an_on_event_handler_never_run,
     refers_to_a_missing_user,
     refuses_a_number_too_large,
@@ -1276,6 +1278,11 @@ def test_a_flush_then_a_commit_not_awaited_is_named_in_a_warning(twin_app, rows,
     code = code.replace("    return {", flushed + "    return {")
     with pytest.warns(RuntimeWarning, match="was never awaited"):
         names_a_forgotten_commit(twin_app(code), rows, caplog)
+
+
+def test_a_forgotten_commit_that_fails_the_answers_check_is_named_too(twin_app, rows, caplog):
+    code = RETURNS_THE_ROW.replace("def create_row", "async def create_row")
+    names_a_forgotten_commit_behind_a_500(twin_app(code), rows, caplog)
 
 
 def test_new_session_in_a_script_of_yours_outside_the_app_saves_its_write(twin_app, rows):

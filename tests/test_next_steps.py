@@ -889,6 +889,32 @@ def test_writes_committed_or_rolled_back_on_purpose_are_not_named(learner_app, r
     assert not [rec for rec in caplog.records if "never saved" in rec.getMessage()]
 
 
+# FastAPI's docs return the row itself: without a commit its id is None, and the answer's check
+# fails before any answer is sent (a 500 whose traceback names the id, not the commit)
+RETURNS_THE_ROW = """
+
+# --- Added by a learner: a create route that returns the row, its commit forgotten -----------
+@app.post("/learner/rows/", status_code=201, response_model=UserOutput)
+def create_row(user: UserInput, session: SessionDep):
+    new_user = UserTable(username=user.username, email=user.email)
+    session.add(new_user)
+    return new_user
+"""
+
+
+def test_a_forgotten_commit_that_fails_the_answers_check_is_named_too(learner_app, rows, caplog):
+    names_a_forgotten_commit_behind_a_500(learner_app(RETURNS_THE_ROW), rows, caplog)
+
+
+def names_a_forgotten_commit_behind_a_500(app, rows, caplog) -> None:  # main's, the twin's
+    with TestClient(app.app, raise_server_exceptions=False) as client:
+        response = client.post("/learner/rows/", json=ADA)
+    assert response.status_code == 500 and rows() == []
+    [line] = [rec.getMessage() for rec in caplog.records if "never saved" in rec.getMessage()]
+    assert line.startswith("POST /learner/rows/ answered 500"), line  # before: no such line
+    assert "changes to users" in line and "commit()" in line
+
+
 def names_a_forgotten_commit(app, rows, caplog) -> None:  # main's, the twin's
     with TestClient(app.app) as client:
         created = client.post("/learner/members/", json=ADA)
