@@ -76,3 +76,24 @@ def test_readmes_approach_b_runs_in_place_of_part_1s_create_user(engine, tmp_pat
     assert again.status_code == 409, again.text
     with engine.connect() as connection:
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["ada"]
+
+
+def echoed_sql(tmp_path, monkeypatch, capsys, part: str) -> list[str]:
+    """The SQL that GET /users/ prints on a copy of main.py with echo=True in the first
+    create_engine(...) call of the given part."""
+    source = (ROOT / "main.py").read_text()
+    url = source.index("DB_URL", source.index("create_engine(", source.index(part))) + 6
+    (tmp_path / "main.py").write_text(source[:url] + ", echo=True" + source[url:])
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/echo.db")
+    spec = importlib.util.spec_from_file_location(f"echoed_{len(part)}", tmp_path / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with TestClient(module.app) as client:
+        assert client.get("/users/").status_code == 200
+    module.db_engine.dispose()
+    return [line for line in capsys.readouterr().out.splitlines() if "FROM users" in line]
+
+
+def test_echo_true_where_the_readme_says_prints_the_sql(tmp_path, monkeypatch, capsys):
+    assert "add `echo=True` to the `create_engine(...)` of part 3 (The engine)" in README
+    assert echoed_sql(tmp_path, monkeypatch, capsys, "# --- The engine")  # before: in part 1
