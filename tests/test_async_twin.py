@@ -887,7 +887,7 @@ ASYNC_UNCHECKED_NOTES = UNCHECKED_NOTES.replace("def add_note", "async def add_n
 )
 
 
-def test_a_number_too_large_for_its_column_is_422_naming_it(twin_app, engine):
+def test_a_number_too_large_for_its_column_is_422(twin_app, engine):
     refuses_a_number_too_large(twin_app(ASYNC_UNCHECKED_NOTES), engine)
 
 

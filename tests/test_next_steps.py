@@ -190,7 +190,7 @@ def add_note(note: NoteInput, session: SessionDep) -> dict:
 """
 
 
-def test_a_number_too_large_for_its_column_is_422_naming_it(learner_app, engine):
+def test_a_number_too_large_for_its_column_is_422(learner_app, engine):
     refuses_a_number_too_large(learner_app(UNCHECKED_NOTES), engine)
 
 
