@@ -676,7 +676,7 @@ def test_a_stalled_database_answers_503_within_the_bound_then_recovers(
     assert alone_seconds <= BOUND + MARGIN
     assert statuses == [503]
     assert slowest <= 2 * BOUND + MARGIN
-    assert root.status_code == 200 and root_seconds < 0.5
+    assert root.status_code == 200 and root_seconds < BOUND / 4  # less than one wait: not queued
     assert after.status_code == 200
     [line, *_] = [line for line in server.lines if "answered 503 Database unavailable" in line]
     assert "OperationalError" in line and "2013" in line, line

@@ -84,7 +84,7 @@ def test_stalled_database_answers_503_within_the_bound_then_recovers(mysql_engin
     )
     assert Counter(status for _, status in results) == {503: 64}
     assert slowest <= 2 * BOUND + MARGIN
-    assert root.status_code == 200 and root_seconds < 0.5
+    assert root.status_code == 200 and root_seconds < BOUND / 4  # less than one wait: not queued
     assert after.status_code == 200
     [line, *_] = log_lines(server, "answered 503 Database unavailable")
     assert "OperationalError" in line and "2013" in line, line  # lost: timed out
