@@ -82,6 +82,7 @@ def ephemeral_ports() -> range:
 
 
 HANDED_OUT: set[int] = set()
+PICK = random.SystemRandom()  # never the seeded sequence of another process: CI runs three
 
 
 def free_port() -> int:
@@ -91,7 +92,7 @@ def free_port() -> int:
     below = ephemeral_ports().start
     candidates = range(max(1024, below - 12000), below)  # 12,000 ports, none privileged
     while True:
-        port = random.choice(candidates)
+        port = PICK.choice(candidates)
         if port in HANDED_OUT:
             continue
         with socket.socket() as probe:
@@ -240,17 +241,26 @@ class UvicornServer:
         cwd: Path = ROOT,
         python: Path | str = sys.executable,
     ):
+        self.workers = workers
+        self._env = {**os.environ, "DATABASE_URL": database_url or "", **(extra_env or {})}
+        if database_url is None:
+            del self._env["DATABASE_URL"]
+        self._cwd, self._python = cwd, python
+        self._start()
+
+    def _start(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.workers = workers
-        env = {**os.environ, "DATABASE_URL": database_url or "", **(extra_env or {})}
-        if database_url is None:
-            del env["DATABASE_URL"]
-        command = [str(python), "-m", "uvicorn", "main:app", "--port", str(self.port)]
-        if workers > 1:
-            command += ["--workers", str(workers)]
+        command = [str(self._python), "-m", "uvicorn", "main:app", "--port", str(self.port)]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
         self.process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=self._cwd,
+            env=self._env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read_output, daemon=True)
@@ -267,11 +277,20 @@ class UvicornServer:
         """Waits until every worker reported startup complete (or failed, or the process ended)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
-            if self.count("Application startup complete.") >= self.workers:
+            started = self.count("Application startup complete.") >= self.workers
+            listening = self.workers > 1 or self.count("Uvicorn running on")  # bound after startup
+            if started and listening:
                 break
             if self.count("Application startup failed.") or self.count("Child process died"):
                 break
             time.sleep(0.05)
+        if self.process.poll() is not None and self.count("address already in use"):
+            self._reader.join(timeout=5)  # another process took the port first: another port
+            self.process.stdout.close()
+            self._start()
+            return self.wait_started(max(1.0, deadline - time.monotonic()))
+        if not self.count("Application startup complete."):  # shown if the test then fails
+            print(f"uvicorn on port {self.port} did not start:", *self.lines[-20:], sep="\n")
         return self
 
     def client(self, **kwargs) -> httpx2.Client:
