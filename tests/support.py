@@ -274,7 +274,8 @@ class UvicornServer:
         return sum(text in line for line in self.lines)
 
     def wait_started(self, timeout: float = 30) -> "UvicornServer":
-        """Waits until every worker reported startup complete (or failed, or the process ended)."""
+        """Waits until every worker reported startup complete and the port is bound (or startup
+        failed, or the process ended); a port another process took meanwhile: again on another."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             started = self.count("Application startup complete.") >= self.workers

@@ -83,7 +83,7 @@ def test_a_host_name_that_does_not_resolve_is_named_as_such_while_the_app_waits(
     url = mysql_engine.url.set(host="db.invalid")  # .invalid never resolves (RFC 2606)
     server = UvicornServer(url.render_as_string(hide_password=False), cwd=app_folder)
     deadline = time.monotonic() + 10
-    while not server.count("not ready") and time.monotonic() < deadline:
+    while not tries(server.lines) and time.monotonic() < deadline:
         time.sleep(0.05)
     server.process.kill()  # the first try says it; the others, for 15 s, would say it again
     server.stop()
