@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import URL, MetaData, String, make_url
+from sqlalchemy import URL, String, make_url
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, create_async_engine
 from sqlalchemy.orm import Mapped, declarative_base, mapped_column
 
@@ -34,16 +34,17 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
 
 db_engine = create_async_engine(async_url(DB_URL))
 
-# Names for the keys and indexes that create_all() makes, such as pk_users and uq_users_username
-# (SQLAlchemy fills in each %(...)s). Without them MySQL and SQLite would each make up their own,
-# and a migration that changes a key must name it (README: Changing the schema). ix_ and fk_: an
-# index and a foreign key, for a second table. A table takes its names as its class is defined,
-# so they come first.
-names = {"pk": "pk_%(table_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s"}
-names["ix"] = "ix_%(column_0_label)s"  # ix_posts_user_id (label: the table, then the column)
-names["fk"] = "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
 # AsyncAttrs: `await user.awaitable_attrs.posts` loads a relationship, which `user.posts` cannot.
-BaseModelClass = declarative_base(cls=AsyncAttrs, metadata=MetaData(naming_convention=names))
+BaseModelClass = declarative_base(cls=AsyncAttrs)
+# The names create_all() gives the keys and indexes it makes (SQLAlchemy fills in each %(...)s),
+# the same on MySQL and SQLite, so that a migration can name the key it changes (README: Changing
+# the schema). Set before the first table: a table takes its names as its class is defined.
+BaseModelClass.metadata.naming_convention = {
+    "pk": "pk_%(table_name)s",  # pk_users: the primary key
+    "uq": "uq_%(table_name)s_%(column_0_name)s",  # uq_users_username: a unique column
+    "ix": "ix_%(column_0_label)s",  # ix_posts_user_id: an index, for a second table
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",  # fk_posts_user_id_users
+}
 
 
 class UserTable(BaseModelClass):
