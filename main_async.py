@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, EmailStr, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, String, make_url
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, create_async_engine
@@ -19,7 +19,7 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
     database_url: str = "sqlite:///./app.db"  # SQLite: a file, no server to install
 
 
-settings = Settings()  # part 3 reads the settings again, with the limits a service adds
+settings = Settings()  # part 3 reads them again, with the pool's limits added
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
 
 
@@ -65,24 +65,22 @@ class UserTable(BaseModelClass):
 # --- Section 4.1: Pydantic models check what clients send, and shape what they get ----------
 class UserInput(BaseModel):  # each field required; a wrong one is answered 422, saying which
     # `= Field(...)` is no default value: it adds rules, and what /docs shows. max_length=200
-    # refuses a huge name before any work on it; the real limit, 50, is checked on the name as
-    # stored, which can be shorter than as sent (an "é" may arrive as "e" plus an accent mark).
+    # refuses a huge name at once; check_username() below checks the real limit, 50, on the name
+    # as stored, which can be shorter than as sent (an "é" may arrive as "e" plus an accent).
     username: str = Field(max_length=200, description="1 to 50 characters", examples=["ada"])
     # EmailStr: a str that must be an e-mail address, of at most its column's 120 characters.
     email: EmailStr = Field(max_length=120, examples=["ada@example.com"])
 
-    # Pydantic calls it with each username sent and keeps what it returns: the name as stored, or
-    # a ValueError, answered 422. username_rules() is long, so it waits in part 3: Python looks a
-    # name up when the line runs, at a request, and by then the whole file has run.
+    # Pydantic calls it with each username sent, and keeps what it returns. Its rules (part 3,
+    # docs/usernames.md) include 1 to 50 characters, no invisible or control character, no space
+    # at either end, and é typed as one character or as two is one name, stored one way. A 422 else.
     @field_validator("username")
     @classmethod  # Pydantic's rule: it checks values before any UserInput exists, so no self
     def check_username(cls, name: str) -> str:
-        return username_rules(name)  # part 3's
+        return username_rules(name)  # part 3's: by the first request, the whole file has run
 
 
 class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows it
-    # from_attributes: part 2's routes make one from a row, UserOutput.model_validate(row)
-    model_config = ConfigDict(from_attributes=True)
     id: int
     username: str
     email: str
@@ -178,6 +176,7 @@ class UserPatch(TypedDict, total=False):  # a field may be left out, but not be 
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the id column is a 32-bit INT
 not_found = {404: {"description": "User not found"}}
 link_header = {"description": 'The next page: `<...>; rel="next"`, none on the last', "schema": {}}
+next_page_link = {200: {"headers": {"Link": link_header}}}  # what /docs says of the answer's header
 
 
 async def get_user_or_404(session: AsyncSession, user_id: int) -> UserTable:
@@ -188,7 +187,8 @@ async def get_user_or_404(session: AsyncSession, user_id: int) -> UserTable:
     return user
 
 
-@app.get("/users/", responses={200: {"headers": {"Link": link_header}}})
+# response_model: FastAPI answers with the fields of each row returned that UserOutput names
+@app.get("/users/", response_model=list[UserOutput], responses=next_page_link)
 async def read_users(
     session: SessionDep,
     request: Request,
@@ -196,7 +196,7 @@ async def read_users(
     after_id: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # no table has more rows
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
-) -> list[UserOutput]:
+):
     """Users in id order: page with **`after_id`** (next page: the `Link` header), or `skip`."""
     # after_id: the primary key's index finds the start. skip: rows read, then thrown away.
     query = select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id)
@@ -207,16 +207,16 @@ async def read_users(
         next_page = request.url.remove_query_params("skip")
         next_page = next_page.include_query_params(after_id=users[-1].id)
         response.headers["Link"] = f'<{request.url.path}?{next_page.query}>; rel="next"'
-    return [UserOutput.model_validate(user) for user in users]
+    return users
 
 
-@app.get("/users/{user_id}", responses=not_found)
-async def read_user(user_id: UserId, session: SessionDep) -> UserOutput:
-    return UserOutput.model_validate(await get_user_or_404(session, user_id))
+@app.get("/users/{user_id}", response_model=UserOutput, responses=not_found)
+async def read_user(user_id: UserId, session: SessionDep):
+    return await get_user_or_404(session, user_id)
 
 
-@app.patch("/users/{user_id}", responses={**not_found, 400: {}, 409: {}})
-async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) -> UserOutput:
+@app.patch("/users/{user_id}", response_model=UserOutput, responses={**not_found, 400: {}, 409: {}})
+async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep):
     """Change the fields you send; leave a field out to keep it."""
     user = await get_user_or_404(session, user_id)
     for field, value in changes.items():
@@ -226,7 +226,7 @@ async def update_user(user_id: UserId, changes: UserPatch, session: SessionDep) 
     except StaleDataError:  # another request deleted the row since we read it
         raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found") from None
     # Read again: another request may have changed another field since, and the answer is the row
-    return UserOutput.model_validate(await get_user_or_404(session, user_id))
+    return await get_user_or_404(session, user_id)
 
 
 @app.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=not_found)

@@ -33,7 +33,7 @@ def add_import(text: str, module: str, *names: str) -> str:
     return replace(text, line, line + "".join(f"{name}, " for name in names))
 
 
-READ_USER = "    return UserOutput.model_validate(get_user_or_404(session, user_id))\n"
+READ_USER = "def read_user(user_id: UserId, session: SessionDep):\n    return get_user_or_404(session, user_id)\n"
 END_OF_MODELS = "\n\n\n# --- Section 4.1"  # after the last table class
 END_OF_SCHEMAS = "\n\n\n# --- Section 4.2"  # after the last Pydantic class
 
@@ -45,13 +45,14 @@ def by_username(src: str) -> str:
         READ_USER,
         '''
 
-@app.get("/users/by-username/{username:path}", responses=not_found)  # a "/" too
-def read_user_by_username(username: Username, session: SessionDep) -> UserOutput:
+# {username:path}: the rest of the path, so that a username with a "/" is found too
+@app.get("/users/by-username/{username:path}", response_model=UserOutput, responses=not_found)
+def read_user_by_username(username: Username, session: SessionDep):
     """Read one user by exact username, folded as the app folds the names it stores."""
     user = session.scalar(select(UserTable).where(UserTable.username == username))
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "User not found")
-    return UserOutput.model_validate(user)
+    return user
 ''',
     )
 
@@ -214,7 +215,6 @@ class PostInput(BaseModel):
 
 
 class PostOutput(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
     id: int
     user_id: int
     title: str
@@ -229,22 +229,23 @@ class PostOutput(BaseModel):
 
 @app.post(
     "/users/{user_id}/posts",
+    response_model=PostOutput,
     status_code=status.HTTP_201_CREATED,
     responses={**not_found, 400: {}},
 )
-def create_post(user_id: UserId, post: PostInput, session: SessionDep) -> PostOutput:
+def create_post(user_id: UserId, post: PostInput, session: SessionDep):
     """Write a post for a user."""
     get_user_or_404(session, user_id)
     new_post = PostTable(user_id=user_id, title=post.title, body=post.body)
     session.add(new_post)
     session.commit()
-    return PostOutput.model_validate(new_post)
+    return new_post
 
 
-@app.get("/users/{user_id}/posts", responses=not_found)
-def read_posts(user_id: UserId, session: SessionDep) -> list[PostOutput]:
+@app.get("/users/{user_id}/posts", response_model=list[PostOutput], responses=not_found)
+def read_posts(user_id: UserId, session: SessionDep):
     """A user's posts, oldest first: in the order they were written, which is id order."""
-    return [PostOutput.model_validate(post) for post in get_user_or_404(session, user_id).posts]
+    return get_user_or_404(session, user_id).posts
 ''',
     )
 
@@ -285,10 +286,10 @@ def domain_filter(src: str) -> str:
     src = replace(
         src,
         """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
-) -> list[UserOutput]:""",
+):""",
         """    limit: Annotated[int, Query(ge=1, le=100)] = 100,
     domain: Annotated[str | None, Query(min_length=1, max_length=255, examples=["example.com"])] = None,
-) -> list[UserOutput]:""",
+):""",
     )
     return after(
         src,

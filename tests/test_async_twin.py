@@ -277,12 +277,12 @@ async def read_me(user: UserTable = Depends(current_user)) -> dict:
 TUTORIALS_SPELLING = """
 
 # --- Added by a learner: main.py's create_user, copied as it is -------------------------------
-@app.post("/learner/members/", status_code=201)
-def create_member(user: UserInput, session: Session = Depends(get_session)) -> UserOutput:
+@app.post("/learner/members/", status_code=201, response_model=UserOutput)
+def create_member(user: UserInput, session: Session = Depends(get_session)):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 
 NO_ANNOTATION = """
@@ -727,12 +727,12 @@ async def audited(user: UserInput, session: AsyncSession = Depends(get_session))
     return user
 
 
-@app.post("/learner/signup", status_code=201)
-async def learner_signup(session: SessionDep, user: UserInput = Depends(audited)) -> UserOutput:
+@app.post("/learner/signup", status_code=201, response_model=UserOutput)
+async def learner_signup(session: SessionDep, user: UserInput = Depends(audited)):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     await session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 
 
@@ -814,12 +814,12 @@ their_app.add_middleware(one_session_per_request)
 router = APIRouter()
 
 
-@router.post("/signup", status_code=201)
-async def signup(user: UserInput, session: SessionDep) -> UserOutput:
+@router.post("/signup", status_code=201, response_model=UserOutput)
+async def signup(user: UserInput, session: SessionDep):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     await session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 
 
 their_app.include_router(router)
@@ -1040,14 +1040,14 @@ async def get_transaction(session: SessionDep):
     await session.commit()  # FastAPI runs this after the route, once the answer is sent
 
 
-@app.post("/learner/signup-flushed", status_code=201)
+@app.post("/learner/signup-flushed", status_code=201, response_model=UserOutput)
 async def signup_flushed(
     user: UserInput, session: AsyncSession = Depends(get_transaction)
-) -> UserOutput:
+):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     await session.flush()  # the INSERT is sent now, for the id
-    return UserOutput.model_validate(new_user)
+    return new_user
 
 
 @app.post("/learner/signup-added", status_code=201)
@@ -1320,12 +1320,12 @@ from fastapi.sse import EventSourceResponse
 from sqlalchemy import select
 
 
-async def users_in_pages(session: AsyncSession) -> AsyncIterable[UserOutput]:
+async def users_in_pages(session: AsyncSession) -> AsyncIterable[UserTable]:
     after_id = 0
     query = select(UserTable).order_by(UserTable.id).limit(100)
     while page := (await session.scalars(query.where(UserTable.id > after_id))).all():
         for user in page:
-            yield UserOutput.model_validate(user)
+            yield user  # FastAPI answers each row as a UserOutput
         after_id = page[-1].id
 
 
@@ -1596,12 +1596,12 @@ SUB_APP = """
 subapi = FastAPI()  # a learner's own app, mounted in the twin's (FastAPI's "Sub Applications")
 
 
-@subapi.post("/users/", status_code=201)
-async def sub_create_user(user: UserInput, session: SessionDep) -> UserOutput:
+@subapi.post("/users/", status_code=201, response_model=UserOutput)
+async def sub_create_user(user: UserInput, session: SessionDep):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     await session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateTable
 
 import main
-from main import UserInput, UserOutput, UserTable
+from main import UserInput, UserTable
 
 
 def test_declarative_base_from_ext_declarative_warns_it_moved():
@@ -159,11 +159,11 @@ def test_approach_b_done_safely_commits_and_closes(engine):
     main.BaseModelClass.metadata.create_all(engine)
     SessionLocal = sessionmaker(bind=engine, expire_on_commit=False)  # the README's snippet
 
-    def create_user(user: UserInput) -> UserOutput:
+    def create_user(user: UserInput):
         with SessionLocal() as session, session.begin():
             new_user = UserTable(username=user.username, email=user.email)
             session.add(new_user)
-        return UserOutput.model_validate(new_user)
+        return new_user
 
     assert create_user(UserInput(username="ada", email="ada@example.com")).id == 1
     with pytest.raises(IntegrityError):  # the failed one is rolled back, its connection freed

@@ -371,24 +371,29 @@ from typing import Annotated
 from fastapi import File, Form, UploadFile
 
 
-@app.post("/learner/signup-form", status_code=201)
+@app.post("/learner/signup-form", status_code=201, response_model=UserOutput)
 def learner_signup_form(
     username: Annotated[str, Form()], email: Annotated[str, Form()], session: SessionDep
-) -> UserOutput:
+):
     new_user = UserTable(username=username, email=email)
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 
 
-@app.post("/learner/signup-with-avatar", status_code=201, max_body_size=4 * 1024 * 1024)
+@app.post(
+    "/learner/signup-with-avatar",
+    status_code=201,
+    response_model=UserOutput,
+    max_body_size=4 * 1024 * 1024,
+)
 def learner_signup_with_avatar(
     username: Annotated[str, Form()], avatar: Annotated[UploadFile, File()], session: SessionDep
-) -> UserOutput:
+):
     new_user = UserTable(username=username, email=f"{len(avatar.file.read())}@example.com")
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 
 
@@ -461,12 +466,12 @@ their_app.add_middleware(one_session_per_request)
 router = APIRouter()
 
 
-@router.post("/signup", status_code=201)
-def signup(user: UserInput, session: SessionDep) -> UserOutput:
+@router.post("/signup", status_code=201, response_model=UserOutput)
+def signup(user: UserInput, session: SessionDep):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 
 
 their_app.include_router(router)
@@ -506,9 +511,9 @@ async def current_user(session: SessionDep) -> UserTable | None:
 router = APIRouter(prefix="/v2", dependencies=[Depends(current_user)])
 
 
-@router.get("/users/{user_id}")
-def read_user_v2(user_id: int, session: SessionDep) -> UserOutput:
-    return UserOutput.model_validate(session.get(UserTable, user_id))
+@router.get("/users/{user_id}", response_model=UserOutput)
+def read_user_v2(user_id: int, session: SessionDep):
+    return session.get(UserTable, user_id)
 
 
 their_app.include_router(router)
@@ -729,12 +734,12 @@ SUB_APP = """
 subapi = FastAPI()
 
 
-@subapi.post("/users/", status_code=201)
-def sub_create_user(user: UserInput, session: SessionDep) -> UserOutput:
+@subapi.post("/users/", status_code=201, response_model=UserOutput)
+def sub_create_user(user: UserInput, session: SessionDep):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 MOUNTED = '\napp.mount("/subapi", subapi)\n'
 GIVEN_OUR_MIDDLEWARE = "\nsubapi.add_middleware(one_session_per_request)\n"

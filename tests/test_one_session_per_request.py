@@ -127,12 +127,12 @@ def audited(user: UserInput, session: Session = Depends(get_session)) -> UserInp
     return user
 
 
-@app.post("/learner/signup", status_code=201)
-def learner_signup(session: SessionDep, user: UserInput = Depends(audited)) -> UserOutput:
+@app.post("/learner/signup", status_code=201, response_model=UserOutput)
+def learner_signup(session: SessionDep, user: UserInput = Depends(audited)):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 
 
@@ -169,15 +169,15 @@ class AuditTable(BaseModelClass):
     action: Mapped[str] = mapped_column(String(100))
 
 
-@app.post("/learner/signup", status_code=201)
-def learner_signup(user: UserInput, session: SessionDep) -> UserOutput:
+@app.post("/learner/signup", status_code=201, response_model=UserOutput)
+def learner_signup(user: UserInput, session: SessionDep):
     with Session(db_engine) as audit:
         audit.add(AuditTable(action=f"signup {user.username}"))
         audit.commit()
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.commit()
-    return UserOutput.model_validate(new_user)
+    return new_user
 """
 
 
@@ -212,12 +212,12 @@ def get_transaction(session: SessionDep):
     session.commit()  # FastAPI runs this after the route, once the answer is sent
 
 
-@app.post("/learner/signup-flushed", status_code=201)
-def signup_flushed(user: UserInput, session: Session = Depends(get_transaction)) -> UserOutput:
+@app.post("/learner/signup-flushed", status_code=201, response_model=UserOutput)
+def signup_flushed(user: UserInput, session: Session = Depends(get_transaction)):
     new_user = UserTable(username=user.username, email=user.email)
     session.add(new_user)
     session.flush()  # the INSERT is sent now, for the id
-    return UserOutput.model_validate(new_user)
+    return new_user
 
 
 @app.post("/learner/signup-added", status_code=201)
@@ -533,12 +533,12 @@ from fastapi.sse import EventSourceResponse
 from sqlalchemy import select
 
 
-def users_in_pages(session: Session) -> Iterable[UserOutput]:
+def users_in_pages(session: Session) -> Iterable[UserTable]:
     after_id = 0
     while page := session.scalars(
         select(UserTable).where(UserTable.id > after_id).order_by(UserTable.id).limit(100)
     ).all():
-        yield from map(UserOutput.model_validate, page)
+        yield from page  # FastAPI answers each row as a UserOutput
         after_id = page[-1].id
 
 
@@ -853,9 +853,9 @@ def test_readyz_answers_503_when_a_table_is_missing(learner_app, engine):
 ASYNC_ROUTE = """
 
 # --- Added by a learner: an async def route with the sync session -----------------------------
-@app.get("/learner/async-users/{user_id}")
-async def read_user_async(user_id: int, session: SessionDep) -> UserOutput:
-    return UserOutput.model_validate(session.get(UserTable, user_id))
+@app.get("/learner/async-users/{user_id}", response_model=UserOutput)
+async def read_user_async(user_id: int, session: SessionDep):
+    return session.get(UserTable, user_id)
 
 
 async def first_user_async(session: SessionDep) -> UserTable:  # a dependency: the same
@@ -892,9 +892,9 @@ from fastapi import APIRouter  # noqa: E402
 router = APIRouter(prefix="/learner/grouped")  # routes grouped, as bigger apps do
 
 
-@router.get("/{user_id}")
-async def read_grouped_user(user_id: int, session: SessionDep) -> UserOutput:
-    return UserOutput.model_validate(session.get(UserTable, user_id))
+@router.get("/{user_id}", response_model=UserOutput)
+async def read_grouped_user(user_id: int, session: SessionDep):
+    return session.get(UserTable, user_id)
 
 
 app.include_router(router)

@@ -79,13 +79,13 @@ def test_a_session_bound_when_main_is_imported_never_reaches_the_apps_database(t
 SessionLocal = sessionmaker(bind=db_engine)
 
 
-@app.post("/learner/users/", status_code=201)
-def create_user_b(user: UserInput) -> UserOutput:
+@app.post("/learner/users/", status_code=201, response_model=UserOutput)
+def create_user_b(user: UserInput):
     with SessionLocal() as session:
         new_user = UserTable(username=user.username, email=user.email)
         session.add(new_user)
         session.commit()
-        return UserOutput.model_validate(new_user)
+        return new_user
 """
     folder = copy_app(tmp_path, learner_code)
     for name in ("conftest.py", "pyproject.toml", "tests/__init__.py", "tests/support.py"):
