@@ -77,8 +77,9 @@ class UserOutput(BaseModel):  # the tutorial's answer, as a model: /docs shows i
 # gives a request one Session, however often it is asked for (by a route, and by a function the
 # route depends on): part 3's session_of_this_request() opens it, Session(bind=db_engine), at the
 # first ask, and part 3 closes it once the answer is built, even after an error: so no try/finally
-# here. `async def`: waiting for a free connection then holds no thread, and other requests go on;
-# the routes stay plain def, which FastAPI runs in threads.
+# here. `async def` and `await`: when every connection is in use, the request waits here, and
+# Python serves other requests meanwhile; a plain def would hold one of FastAPI's threads idle
+# while it waits. The routes stay plain def: FastAPI runs each in a thread.
 async def get_session():
     session = await session_of_this_request()  # part 3: the request's session
     yield session  # as the tutorial's: FastAPI gives the route what get_session yields
