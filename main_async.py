@@ -1,5 +1,6 @@
 # === Part 1 of 3: the tutorial, sections 3 to 8 in its order (2: more CRUD, 3: a real service)
 # Written for today's SQLAlchemy 2 and Pydantic 2 (requirements.txt), not the tutorial's 1.4.
+# Run it: `uvicorn main_async:app`, then open http://127.0.0.1:8000/docs (README, section 1).
 # main.py's async twin: the same app on SQLAlchemy's asyncio (`diff main.py main_async.py`).
 from contextlib import asynccontextmanager
 
