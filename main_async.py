@@ -74,7 +74,7 @@ class UserInput(BaseModel):  # each field required; a wrong one is answered 422,
 
     # Pydantic calls it with each username sent, and keeps what it returns. Its rules (part 3,
     # docs/usernames.md) include 1 to 50 characters, no invisible or control character, no space
-    # at either end, and é typed as one character or as two is one name, stored one way. A 422 else.
+    # at either end; é typed as one character or as two is one name. A rule broken answers 422.
     @field_validator("username")
     @classmethod  # Pydantic's rule: it checks values before any UserInput exists, so no self
     def check_username(cls, name: str) -> str:
