@@ -20,7 +20,9 @@ class Settings(BaseSettings):  # each value from the environment, else from the 
 
 settings = Settings()  # part 3 reads them again, with the pool's limits added
 DB_URL = settings.database_url  # MySQL: DATABASE_URL=mysql+pymysql://user:password@host/db_name
-db_engine = create_engine(DB_URL)  # the tutorial's: part 3 puts one with bounded waits in its place
+# The tutorial's engine. Part 3 replaces it, before any connection opens, with one on the same
+# URL whose waits are bounded: the code below, run at startup and at each request, uses that one.
+db_engine = create_engine(DB_URL)
 
 BaseModelClass = declarative_base()
 # The names create_all() gives the keys and indexes it makes (SQLAlchemy fills in each %(...)s),

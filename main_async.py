@@ -33,6 +33,8 @@ def async_url(database_url: str | URL) -> URL:  # main.py's URL, with an asyncio
     return url.set(drivername=f"{backend}+{drivers[backend]}") if backend in drivers else url
 
 
+# The tutorial's engine. Part 3 replaces it, before any connection opens, with one on the same
+# URL whose waits are bounded: the code below, run at startup and at each request, uses that one.
 db_engine = create_async_engine(async_url(DB_URL))
 
 # AsyncAttrs: `await user.awaitable_attrs.posts` loads a relationship, which `user.posts` cannot.
