@@ -251,7 +251,7 @@ import pathlib
 import time
 import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from inspect import (
@@ -261,7 +261,6 @@ from inspect import (
     isgeneratorfunction,
     isroutine,
 )
-from typing import Any
 
 import anyio
 from alembic.migration import MigrationContext
@@ -276,7 +275,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection, Dialect, Engine, ExceptionContext, event, exc, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolResetState, StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection, StaticPool
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -403,12 +402,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
         if getattr(statement, "is_dml", False) and (work := this_request.get(None)):
             work.unsaved.add(statement.table.name)
 
-    # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. Each
-    # starts the request's bound (bound_wait, below), and its end stops it: a statement's end,
-    # a COMMIT's or a ROLLBACK's is the connection given back, or a new transaction begun on it.
-    for starts in ("before_cursor_execute", "commit", "rollback"):
-        event.listen(engine, starts, lambda *_: bound_wait(WAIT_SECONDS))
-    for ends in ("after_cursor_execute", "begin"):  # and "checkin", below
+    # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. A
+    # statement (and getting a connection: RequestSession, below) waits in the request's bound
+    # (bound_wait, below), which cancels the request once it passes.
+    event.listen(engine, "before_cursor_execute", lambda *_: bound_wait(WAIT_SECONDS))
+    for ends in ("after_cursor_execute", "begin"):
         event.listen(engine, ends, lambda *_: bound_wait(None))
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
@@ -424,24 +422,26 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 dbapi_connection.rollback()
 
-    # The pool's ROLLBACK, as it takes a connection back (after a COMMIT too), waits alone: past
-    # the bound it drops the connection, not the request, whose COMMIT has its answer: a 201 for
-    # a row saved, as main.py's read_timeout makes it, never a 500 (tests/test_outages.py).
-    @event.listens_for(engine, "reset")
-    def bound_reset(connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
-        quiet = state.transaction_was_reset or state.terminate_only or not state.asyncio_safe
-        if quiet or engine.dialect.name == "sqlite":  # no ROLLBACK follows, or no network
-            return
-        bound_wait(None)  # the request's wait is over
-        loop = asyncio.get_running_loop()
-        record.info["drop"] = loop.call_later(WAIT_SECONDS, connection.terminate)
+    # A COMMIT or a ROLLBACK, which this engine's dialect sends, waits alone: past its bound the
+    # connection is dropped, not the request. A COMMIT so lost answers "Saved or not is unknown";
+    # the ROLLBACK the pool sends as it takes a connection back (after a COMMIT too) leaves the
+    # answer as it was: a 201 for a row saved, as main.py's read_timeout makes it, never a 500
+    # (tests/test_outages.py). A connection kept after one (Core's) holds no bound over the
+    # route's next await, another service's. SQLite: no network, and a lock has its timeout.
+    def bounded_alone(send: Callable[[PoolProxiedConnection], None]) -> Callable[..., None]:
+        def send_within_the_bound(connection: PoolProxiedConnection) -> None:
+            dbapi_connection = connection.dbapi_connection
+            drop = asyncio.get_running_loop().call_later(WAIT_SECONDS, dbapi_connection.terminate)
+            try:
+                send(connection)
+            finally:
+                drop.cancel()
 
-    @event.listens_for(engine, "checkin")
-    def end_wait_at_checkin(connection: object, record: ConnectionPoolEntry) -> None:
-        if drop := record.info.pop("drop", None):  # the ROLLBACK answered: the connection is kept
-            drop.cancel()
-        else:
-            bound_wait(None)
+        return send_within_the_bound
+
+    if engine.dialect.name != "sqlite":
+        for sends in ("do_commit", "do_rollback"):
+            setattr(engine.dialect, sends, bounded_alone(getattr(engine.dialect, sends)))
 
     @event.listens_for(engine, "handle_error")  # sqlite3's number too large is not a DBAPI error
     def number_too_large(context: ExceptionContext) -> exc.DataError | None:

@@ -88,6 +88,7 @@ from tests.test_outages import (
 )
 
 ADA = {"username": "ada", "email": "ada@example.com"}
+BOB = {"username": "bob", "email": "bob@example.com"}
 BOUND = 4.0  # DB_TIMEOUT for the stall cases, the least allowed: each wait 2 s
 MARGIN = 1.0  # for the machine
 
@@ -680,6 +681,50 @@ def test_a_stalled_database_answers_503_within_the_bound_then_recovers(
     assert after.status_code == 200
     [line, *_] = [line for line in server.lines if "answered 503 Database unavailable" in line]
     assert "OperationalError" in line and "2013" in line, line
+
+
+CORE_THEN_ANOTHER_SERVICE = """
+
+# --- Added by a learner: Core, or a session thrown away, then a call to another service ------
+import anyio
+from sqlalchemy import insert, text
+
+
+@app.post("/learner/core/{ending}", status_code=201)
+async def core_create(ending: str, user: UserInput) -> dict:
+    async with db_engine.connect() as connection:
+        await connection.execute(insert(UserTable).values(**user.model_dump()))
+        await (connection.commit() if ending == "commit" else connection.rollback())
+        await anyio.sleep(3)  # another service (an e-mail's), longer than one wait: 2 s
+    return {"ended": ending}
+
+
+@app.post("/learner/session/invalidate", status_code=201)
+async def session_thrown_away(user: UserInput, session: SessionDep) -> dict:
+    await session.execute(text("SELECT 1"))
+    await session.invalidate()  # its connection thrown away, unsure of it: no ROLLBACK sent
+    await anyio.sleep(3)
+    return {"ended": "invalidate"}
+"""
+
+
+@pytest.mark.parametrize("ending", ["core/commit", "core/rollback", "session/invalidate"])
+def test_a_wait_after_a_commit_a_rollback_or_an_invalidate_is_not_the_databases(
+    twin_app, rows, ending
+):
+    # The COMMIT's (or the ROLLBACK's) wait ends with its answer, not when the connection goes
+    # back to the pool; a connection thrown away waits for nothing. The route's other awaits
+    # (another service's) are its own, not bounded (docs/async.md)
+    app = twin_app(CORE_THEN_ANOTHER_SERVICE, DB_TIMEOUT=str(BOUND))
+
+    async def scenario(http) -> httpx2.Response:
+        await http.post("/users/", json=ADA)  # prepares the tables (no lifespan here)
+        return await http.post(f"/learner/{ending}", json=BOB)
+
+    answer = on_loop(app, scenario)
+    assert (answer.status_code, answer.json()) == (201, {"ended": ending.split("/")[1]})
+    saved = ["ada", "bob"] if ending == "core/commit" else ["ada"]
+    assert [row[1] for row in rows()] == saved
 
 
 # --- The rest of main.py's part 3, on the twin -------------------------------------------------
