@@ -416,9 +416,12 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
 
     @event.listens_for(engine, "invalidate")  # a connection dropped, as a cancelled query's is
     def roll_back_first(dbapi_connection: object, *_: object) -> None:
-        # SQLite's close() leaves the file locked while a cancelled query's cursor lives (until
-        # Python's garbage collector runs): a ROLLBACK, queued after the query, unlocks it.
+        # A cancelled query runs on in aiosqlite's thread, the file locked (and a ROLLBACK
+        # queued behind it waits) unless interrupted: what aiosqlite's interrupt() calls, which
+        # sqlite3 allows from any thread. Then SQLite's close() leaves the file locked while the
+        # query's cursor lives (until Python's garbage collector runs): a ROLLBACK unlocks it.
         if engine.dialect.name == "sqlite":
+            dbapi_connection.driver_connection._conn.interrupt()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 dbapi_connection.rollback()
 

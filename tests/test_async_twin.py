@@ -571,6 +571,41 @@ def test_a_request_cancelled_by_server_shutdown_leaves_nothing_open(engine, tmp_
         assert trouble not in log, log
 
 
+LONG_REPORT = """
+
+# --- Added by a learner: a report whose query runs far longer than one wait -------------------
+from sqlalchemy import text
+
+
+@app.get("/learner/report")
+async def report(session: SessionDep) -> dict:
+    if session.bind.dialect.name == "mysql":
+        return {"slept": await session.scalar(text("SELECT SLEEP(20)"))}
+    # SQLite: counts to 30 million, some 8 s, holding the database file's read lock
+    count = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3e7)"
+    return {"count": await session.scalar(text(count + " SELECT COUNT(*) FROM c"))}
+"""
+
+
+def test_a_query_past_its_bound_is_stopped_and_the_next_write_is_served(twin_app, rows):
+    # The bound answers 503, and the query stops too: on MySQL the server's own limit ends it,
+    # on SQLite it is interrupted, not left running in aiosqlite's thread with the file locked
+    app = twin_app(LONG_REPORT, DB_TIMEOUT=str(BOUND))
+
+    async def scenario(http) -> tuple:
+        await http.post("/users/", json=ADA)
+        report = await http.get("/learner/report")
+        started = time.monotonic()
+        write = await http.post("/users/", json=BOB)
+        return report, write, time.monotonic() - started
+
+    report, write, seconds = on_loop(app, scenario)
+    print(f"\nreport: {report.status_code} {report.json()}; then a write in {seconds:.2f} s")
+    assert report.status_code == 503
+    assert write.status_code == 201, write.json()
+    assert [row[1] for row in rows()] == ["ada", "bob"]
+
+
 # --- A stalled server: 503 within DB_TIMEOUT, the connection dropped --------------------------
 STALL_MID_TRANSACTION = """
 
