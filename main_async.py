@@ -539,13 +539,14 @@ def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavai
 class RequestSession(Session):
     def get_bind(self, *args: object, **kwargs: object) -> Engine | Connection:
         # A connection comes next, if this transaction has none yet: a free one, a ping or a
-        # connect, bounded together (the engine's "begin" ends the wait). add() takes none: what
-        # a route awaits after it, another service say, is no wait for the database.
+        # connect, one wait together (the engine's "begin" ends it), as the turn before it was:
+        # a stall answers 503 within DB_TIMEOUT. add() takes none: what a route awaits after it,
+        # another service say, is no wait for the database.
         transaction = self.get_transaction()
         waits = transaction is None or not transaction.connections
         if waits and not self.info.get("waits"):  # once: a flush asks once for each table
             self.info["waits"] = True
-            bound_wait(settings.db_timeout)
+            bound_wait(WAIT_SECONDS)
         return super().get_bind(*args, **kwargs)
 
 
