@@ -421,8 +421,8 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
         # sqlite3 allows from any thread. Then SQLite's close() leaves the file locked while the
         # query's cursor lives (until Python's garbage collector runs): a ROLLBACK unlocks it.
         if engine.dialect.name == "sqlite":
-            dbapi_connection.driver_connection._conn.interrupt()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # closed already: done
+                dbapi_connection.driver_connection._conn.interrupt()
                 dbapi_connection.rollback()
 
     # A COMMIT or a ROLLBACK, which this engine's dialect sends, waits alone: past its bound the
