@@ -109,6 +109,18 @@ def test_health_endpoints_are_tagged_health_in_the_docs(client):
     assert paths["/readyz"]["get"]["tags"] == ["health"]
 
 
+def test_health_probes_answer_get_and_refuse_head_with_405(client):  # docs/deploying.md
+    for path in ("/livez", "/readyz"):
+        assert client.get(path).status_code == 200
+        assert client.head(path).status_code == 405
+
+
+def test_the_slash_redirect_names_the_host_the_client_sent(client):  # docs/deploying.md
+    response = client.get("/users", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"] == "http://evil.example/users/"
+
+
 def test_readyz_follows_the_database_and_livez_never_does(mysql_engine, make_proxy):
     proxy = make_proxy()
     seen: list[tuple[str, int, int]] = []
