@@ -529,8 +529,11 @@ def bound_wait(seconds: float | None, all_over: bool = False) -> None:  # None: 
             work.waits.deadline = anyio.current_time() + seconds if seconds else math.inf
 
 
-def no_answer() -> exc.OperationalError:  # the bound fired: answered 503 unavailable
-    cause = TimeoutError(2013, "No answer from the database within its bound: dropped")
+def no_answer() -> exc.OperationalError:  # the bound fired: answered 503
+    if db_engine.dialect.name == "sqlite":  # no network: a statement too long, MySQL's 1969 (busy)
+        cause = TimeoutError(1969, "A statement ran past its bound: interrupted")
+    else:  # unavailable
+        cause = TimeoutError(2013, "No answer from the database within its bound: dropped")
     return exc.OperationalError(None, None, cause, connection_invalidated=True)
 
 
