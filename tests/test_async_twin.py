@@ -680,8 +680,7 @@ def test_a_request_that_waited_for_its_turn_then_meets_a_stall_answers_503_withi
 ):
     # Its turn came within one wait; its connection (a ping, then a new one) gets one more
     proxy = make_proxy()
-    url = url_of(engine, proxy)
-    app = twin_app(database_url=url, DB_TIMEOUT=str(BOUND), DB_POOL_SIZE="2")
+    app = twin_app(database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND), DB_POOL_SIZE="2")
 
     async def scenario(http) -> tuple[list[int], float]:
         await asyncio.gather(*(http.post("/users/", json=who) for who in (ADA, BOB)))  # 2 kept
