@@ -383,6 +383,13 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             return exc.DataError(context.statement, context.parameters, error)  # answered 422
         return None
 
+    @event.listens_for(engine, "handle_error")  # a COMMIT refused (a reader held the file, say)
+    def undo_refused_commit(context: ExceptionContext) -> None:
+        # SQLite keeps that transaction open; SQLAlchemy counts it ended and lends the connection
+        # on, the file locked for all, its write saved by the next request's COMMIT: undo it now
+        if context.dialect.name == "sqlite" and context.statement is None and context.connection:
+            context.connection.connection.dbapi_connection.rollback()
+
     # PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait.
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:

@@ -452,6 +452,13 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             return exc.DataError(context.statement, context.parameters, error)  # answered 422
         return None
 
+    @event.listens_for(engine, "handle_error")  # a COMMIT refused (a reader held the file, say)
+    def undo_refused_commit(context: ExceptionContext) -> None:
+        # SQLite keeps that transaction open; SQLAlchemy counts it ended and lends the connection
+        # on, the file locked for all, its write saved by the next request's COMMIT: undo it now
+        if context.dialect.name == "sqlite" and context.statement is None and context.connection:
+            context.connection.connection.dbapi_connection.rollback()
+
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
         if dialect.name == "sqlite":  # another writer holds the file: wait, a second less than us

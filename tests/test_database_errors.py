@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -314,6 +315,40 @@ def test_locked_sqlite_file_answers_503_busy(tmp_path):
     assert after.status_code == 201
     [line] = log_lines(server, "answered 503 Database busy")
     assert "database is locked" in line, line
+
+
+def write_lock_free(engine: Engine) -> bool:
+    """Another program (a viewer, a backup) may write to the SQLite file at once."""
+    probe = sqlite3.connect(engine.url.database, timeout=0)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_a_commit_refused_while_another_program_reads_the_file_is_undone_at_once(
+    engine, client, rows
+):
+    # A program reading the file (a viewer, a backup) keeps COMMIT from writing it: SQLite then
+    # keeps the transaction, with its INSERT, open. Undone at once, it locks out no one, and the
+    # next request on that connection never saves it.
+    assert client.post("/users/", json={"username": "ada", "email": "a@example.com"}).status_code
+    reader = sqlite3.connect(engine.url.database, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM users").fetchall()  # a read lock on the file, until COMMIT
+    refused = client.post("/users/", json={"username": "zed", "email": "z@example.com"})
+    reader.execute("COMMIT")
+    reader.close()
+    lock_free = write_lock_free(engine)
+    after = client.post("/users/", json={"username": "bob", "email": "b@example.com"})
+    assert (refused.status_code, refused.json()) == (503, {"detail": "Database busy, try again"})
+    assert lock_free
+    assert after.status_code == 201
+    assert [row[1] for row in rows()] == ["ada", "bob"]
 
 
 def test_deleting_a_user_that_other_rows_refer_to_is_409_saying_so(engine, client, rows):
