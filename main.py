@@ -228,6 +228,7 @@ def delete_user(user_id: UserId, session: SessionDep) -> None:
 import contextlib
 import json
 import logging
+import math
 import pathlib
 import threading
 import time
@@ -281,7 +282,7 @@ WAIT_SECONDS = settings.db_timeout / 2  # one wait; a request may wait for a pin
 # at once. Busy: a deadlock, a lock, a long statement, a statement an operator stopped (KILL QUERY).
 REFUSED_AT_ONCE = {1044, 1045, 1049, 2026, "SQLITE_CANTOPEN"}  # at startup: a login, a name, TLS
 UNAVAILABLE_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1047, 1180} | REFUSED_AT_ONCE
-BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY"}
+BUSY_CODES = {1213, 1205, 1969, 3024, 1317, "SQLITE_BUSY", "SQLITE_INTERRUPT"}
 UNIQUE_CODES = {1062, "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 CONFLICT_CODES = UNIQUE_CODES | {1451, 1452, "SQLITE_CONSTRAINT_FOREIGNKEY"}  # and foreign keys
 # A value its column refuses: out of range, too long, not one it allows, against a CHECK (422)
@@ -390,6 +391,14 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
         if context.dialect.name == "sqlite" and context.statement is None and context.connection:
             context.connection.connection.dbapi_connection.rollback()
 
+    # SQLite has no time limit of its own: its progress handler (below) stops a statement a
+    # second before we give up, as max_statement_time stops MySQL's (503 busy, nothing left running)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def start_clock(connection: Connection, *_: object) -> None:
+            connection.info["deadline"] = time.monotonic() + WAIT_SECONDS - 1
+
     # PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait.
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:
@@ -397,6 +406,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             options["timeout"] = WAIT_SECONDS
             connection = dialect.connect(*args, **options)
             connection.execute("PRAGMA foreign_keys = ON")  # SQLite obeys them only if asked
+
+            def past_its_bound() -> bool:  # SQLite asks every 1,000 steps: True stops it (busy)
+                return time.monotonic() > record.info.get("deadline", math.inf)
+
+            connection.set_progress_handler(past_its_bound, 1000)
             return connection
         for timeout in ("connect_timeout", "read_timeout", "write_timeout"):
             options[timeout] = WAIT_SECONDS  # a stalled server must not hang a request

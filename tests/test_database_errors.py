@@ -195,6 +195,31 @@ def test_a_statement_longer_than_the_bound_is_stopped_on_the_server(mysql_engine
     assert left_on_server == []
 
 
+SQLITE_LONG_REPORT = """
+
+from sqlalchemy import text
+
+
+@app.get("/learner/report")
+def learner_report(session: SessionDep) -> dict:
+    # counts to 30 million: some 8 s, the database file's read lock held all along
+    count = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3e7)"
+    return {"count": session.scalar(text(count + " SELECT COUNT(*) FROM c"))}
+"""
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_a_sqlite_statement_longer_than_the_bound_is_stopped(learner_app):
+    learner = learner_app(SQLITE_LONG_REPORT, DB_TIMEOUT=str(BOUND))
+    with TestClient(learner.app) as http:
+        seconds, response = timed(lambda: http.get("/learner/report"))
+        write = http.post("/users/", json={"username": "ada", "email": "a@example.com"})
+    print(f"\nSQLite, 30 million steps: {response.status_code} after {seconds:.2f} s")
+    assert (response.status_code, response.json()) == (503, {"detail": "Database busy, try again"})
+    assert seconds < BOUND / 2
+    assert write.status_code == 201
+
+
 def test_a_row_lock_in_process_answers_busy_too(mysql_engine, monkeypatch):
     # conftest.py builds the tests' engines with main's own function, so the in-process tests
     # (TestClient) meet the same limits as `uvicorn main:app`.
