@@ -403,16 +403,27 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
             work.unsaved.add(statement.table.name)
 
     # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. A
-    # statement (and getting a connection: RequestSession, below) waits in the request's bound
-    # (bound_wait, below), which cancels the request once it passes.
+    # statement waits in the request's bound (bound_wait, below), which cancels the request once
+    # it passes.
     event.listen(engine, "before_cursor_execute", lambda *_: bound_wait(WAIT_SECONDS))
-    for ends in ("after_cursor_execute", "begin"):
-        event.listen(engine, ends, lambda *_: bound_wait(None))
+    event.listen(engine, "after_cursor_execute", lambda *_: bound_wait(None))
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
     def end_wait(context: ExceptionContext) -> None:
-        if not context.is_pre_ping:  # a failed ping connects again next: still waiting
+        if context.statement is not None:  # else a connection's: take_connection() ends it
             bound_wait(None)
+
+    # So does getting a connection, a session's or Core's (a free one, a ping, a new one), in one
+    # wait, as the turn before it: a stall answers 503 within DB_TIMEOUT. No SQLAlchemy event
+    # comes before it, so the engine's own method is wrapped.
+    def take_connection() -> PoolProxiedConnection:
+        bound_wait(WAIT_SECONDS)
+        try:
+            return raw_connection()
+        finally:
+            bound_wait(None)
+
+    raw_connection, engine.raw_connection = engine.raw_connection, take_connection
 
     @event.listens_for(engine, "invalidate")  # a connection dropped, as a cancelled query's is
     def roll_back_first(dbapi_connection: object, *_: object) -> None:
@@ -545,19 +556,9 @@ def no_answer() -> exc.OperationalError:  # the bound fired: answered 503
 
 
 # The sessions of part 3: readable after commit(), unusable once closed (never a connection
-# outside a turn). RequestSession is their sync half: their listeners are registered on it once.
+# outside a turn).
 class RequestSession(Session):
-    def get_bind(self, *args: object, **kwargs: object) -> Engine | Connection:
-        # A connection comes next, if this transaction has none yet: a free one, a ping or a
-        # connect, one wait together (the engine's "begin" ends it), as the turn before it was:
-        # a stall answers 503 within DB_TIMEOUT. add() takes none: what a route awaits after it,
-        # another service say, is no wait for the database.
-        transaction = self.get_transaction()
-        waits = transaction is None or not transaction.connections
-        if waits and not self.info.get("waits"):  # once: a flush asks once for each table
-            self.info["waits"] = True
-            bound_wait(WAIT_SECONDS)
-        return super().get_bind(*args, **kwargs)
+    """Their sync half: their listeners are registered on it, once, not on every Session."""
 
 
 session_factory = async_sessionmaker(
@@ -567,7 +568,6 @@ session_factory = async_sessionmaker(
 
 @event.listens_for(RequestSession, "after_begin")
 def remember_connection(session: Session, transaction: object, connection: Connection) -> None:
-    session.info.pop("waits", None)  # its connection came: the engine's "begin" ended the wait
     session.info["connection"] = connection  # to end a read with one ROLLBACK (close_session)
     if work := this_request.get(None):
         work.own_connections += 1

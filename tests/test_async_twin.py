@@ -699,6 +699,41 @@ def test_a_request_that_waited_for_its_turn_then_meets_a_stall_answers_503_withi
     assert seconds <= BOUND
 
 
+CORE_CONNECTION = """
+
+# --- Added by a learner: a route that takes a Core connection of its own ----------------------
+from sqlalchemy import func
+
+
+@app.get("/learner/count")
+async def count_users() -> dict:
+    async with db_engine.connect() as connection:
+        return {"users": await connection.scalar(select(func.count()).select_from(UserTable))}
+"""
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_core_connection_on_a_stalled_database_answers_503_within_db_timeout(
+    twin_app, engine, make_proxy
+):
+    proxy = make_proxy()
+    app = twin_app(CORE_CONNECTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+
+    async def scenario(http) -> tuple:
+        await http.post("/users/", json=ADA)  # the tables made, a connection kept in the pool
+        proxy.stalled = True
+        started = time.monotonic()
+        with anyio.move_on_after(3 * BOUND):  # before the fix: no answer
+            answer = await http.get("/learner/count")
+            return answer.status_code, answer.json(), time.monotonic() - started
+        return None, None, time.monotonic() - started
+
+    status, body, seconds = on_loop(app, scenario)
+    print(f"\na Core connection, the database stalled: {status} {body} after {seconds:.2f} s")
+    assert (status, body) == (503, {"detail": "Database unavailable"})
+    assert seconds <= BOUND + MARGIN
+
+
 def test_a_stalled_database_answers_503_within_the_bound_then_recovers(
     mysql_engine, make_proxy, tmp_path
 ):
@@ -1486,6 +1521,15 @@ async def slow_after_an_error(user: UserInput, session: SessionDep) -> dict:
     return {"saved": True}
 
 
+@app.post("/learner/slow-after-get-bind", status_code=201)
+async def slow_after_get_bind(user: UserInput, session: SessionDep) -> dict:
+    database = session.get_bind().dialect.name  # which database: SQLAlchemy's way to ask
+    await asyncio.sleep(SLOW)
+    session.add(UserTable(username=f"{user.username}", email=user.email))
+    await session.commit()
+    return {"saved": database}
+
+
 @app.post("/learner/slow-in-begin", status_code=201)
 async def slow_in_begin(user: UserInput, session: SessionDep) -> dict:
     async with session.begin():  # SQLAlchemy's own asyncio examples write it so
@@ -1518,6 +1562,7 @@ async def signup_with_welcome(
     [
         ("/learner/slow-signup", 201),
         ("/learner/slow-after-an-error", 201),
+        ("/learner/slow-after-get-bind", 201),
         ("/learner/slow-in-begin", 201),
         ("/learner/signup-with-welcome", 202),
     ],
