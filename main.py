@@ -399,6 +399,12 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
         def start_clock(connection: Connection, *_: object) -> None:
             connection.info["deadline"] = time.monotonic() + WAIT_SECONDS - 1
 
+        # Up to its first row (a count or a sort has done its work by then): the rest the route
+        # reads at its own pace, as it reads the rows MySQL has sent, with no clock running
+        @event.listens_for(engine, "after_cursor_execute")
+        def stop_clock(connection: Connection, *_: object) -> None:
+            connection.info.pop("deadline", None)
+
     # PyMySQL waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait.
     @event.listens_for(engine, "do_connect")
     def connect(dialect: Dialect, record: object, args: list, options: dict) -> object | None:

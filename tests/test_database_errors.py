@@ -220,6 +220,34 @@ def test_a_sqlite_statement_longer_than_the_bound_is_stopped(learner_app):
     assert write.status_code == 201
 
 
+SLOW_READER = """
+
+import time
+
+from sqlalchemy import text
+
+
+@app.get("/learner/slow-reader")
+def slow_reader(session: SessionDep) -> dict:
+    numbers = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)"
+    total = 0
+    for row in session.execute(text(numbers + " SELECT x FROM c")):  # read as it is needed
+        total += row.x
+        if row.x % 1000 == 0:
+            time.sleep(0.1)  # the route's own work between rows: 2 s in all, not the database's
+    return {"total": total}
+"""
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_a_route_that_reads_its_rows_slowly_is_not_stopped_by_the_statement_bound(learner_app):
+    learner = learner_app(SLOW_READER, DB_TIMEOUT=str(BOUND))
+    with TestClient(learner.app) as http:
+        seconds, response = timed(lambda: http.get("/learner/slow-reader"))
+    print(f"\nSQLite, 20,000 rows read over 2 s: {response.status_code} after {seconds:.2f} s")
+    assert (response.status_code, response.json()) == (200, {"total": 20000 * 20001 // 2})
+
+
 def test_a_row_lock_in_process_answers_busy_too(mysql_engine, monkeypatch):
     # conftest.py builds the tests' engines with main's own function, so the in-process tests
     # (TestClient) meet the same limits as `uvicorn main:app`.
