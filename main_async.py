@@ -410,20 +410,27 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
     def end_wait(context: ExceptionContext) -> None:
-        if context.statement is not None:  # else a connection's: take_connection() ends it
+        if context.statement is not None:  # else a connection's: its own wrapper ends it
             bound_wait(None)
 
     # So does getting a connection, a session's or Core's (a free one, a ping, a new one), in one
     # wait, as the turn before it: a stall answers 503 within DB_TIMEOUT. No SQLAlchemy event
-    # comes before it, so the engine's own method is wrapped.
-    def take_connection() -> PoolProxiedConnection:
-        bound_wait(WAIT_SECONDS)
-        try:
-            return raw_connection()
-        finally:
-            bound_wait(None)
+    # comes before it, so the pool's own method is wrapped: the pool an engine of
+    # db_engine.execution_options() shares too, and the new one that dispose() puts in its place.
+    @event.listens_for(engine, "engine_disposed")
+    def bound_taking_a_connection(engine: Engine) -> None:
+        take = engine.pool.connect
 
-    raw_connection, engine.raw_connection = engine.raw_connection, take_connection
+        def take_within_the_bound() -> PoolProxiedConnection:
+            bound_wait(WAIT_SECONDS)
+            try:
+                return take()
+            finally:
+                bound_wait(None)
+
+        engine.pool.connect = take_within_the_bound
+
+    bound_taking_a_connection(engine)
 
     @event.listens_for(engine, "invalidate")  # a connection dropped, as a cancelled query's is
     def roll_back_first(dbapi_connection: object, *_: object) -> None:

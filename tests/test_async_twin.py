@@ -709,22 +709,34 @@ from sqlalchemy import func
 async def count_users() -> dict:
     async with db_engine.connect() as connection:
         return {"users": await connection.scalar(select(func.count()).select_from(UserTable))}
+
+
+@app.get("/learner/count-in-autocommit")
+async def count_users_in_autocommit() -> dict:
+    async with db_engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
+        return {"users": await connection.scalar(select(func.count()).select_from(UserTable))}
 """
 
 
 @pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize(
+    "path, disposed",
+    [("/learner/count", False), ("/learner/count-in-autocommit", False), ("/learner/count", True)],
+)
 def test_a_core_connection_on_a_stalled_database_answers_503_within_db_timeout(
-    twin_app, engine, make_proxy
+    twin_app, engine, make_proxy, path, disposed
 ):
     proxy = make_proxy()
     app = twin_app(CORE_CONNECTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
 
     async def scenario(http) -> tuple:
         await http.post("/users/", json=ADA)  # the tables made, a connection kept in the pool
+        if disposed:  # a new pool, as at a loop's end: the next connection is a new one
+            await app.db_engine.dispose()
         proxy.stalled = True
         started = time.monotonic()
         with anyio.move_on_after(3 * BOUND):  # before the fix: no answer
-            answer = await http.get("/learner/count")
+            answer = await http.get(path)
             return answer.status_code, answer.json(), time.monotonic() - started
         return None, None, time.monotonic() - started
 
