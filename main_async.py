@@ -405,13 +405,18 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
     # aiomysql waits for a stuck server forever, InnoDB for a lock 50 s: bound every wait. A
     # statement waits in the request's bound (bound_wait, below), which cancels the request once
     # it passes.
-    event.listen(engine, "before_cursor_execute", lambda *_: bound_wait(WAIT_SECONDS))
-    event.listen(engine, "after_cursor_execute", lambda *_: bound_wait(None))
+    @event.listens_for(engine, "before_cursor_execute")  # each statement's wait: its cursor's
+    def start_wait(connection: Connection, cursor: object, *_: object) -> None:
+        bound_wait(cursor)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def end_wait(connection: Connection, cursor: object, *_: object) -> None:
+        bound_wait(cursor, None)
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
-    def end_wait(context: ExceptionContext) -> None:
-        if context.statement is not None:  # else a connection's: its own wrapper ends it
-            bound_wait(None)
+    def end_failed_wait(context: ExceptionContext) -> None:
+        if statement := context.execution_context:  # (a connection's: its own wrapper ends it)
+            bound_wait(statement.cursor, None)
 
     # So does getting a connection, a session's or Core's (a free one, a ping, a new one), in one
     # wait, as the turn before it: a stall answers 503 within DB_TIMEOUT. No SQLAlchemy event
@@ -422,11 +427,11 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
         take = engine.pool.connect
 
         def take_within_the_bound() -> PoolProxiedConnection:
-            bound_wait(WAIT_SECONDS)
+            bound_wait(this_wait := object())
             try:
                 return take()
             finally:
-                bound_wait(None)
+                bound_wait(this_wait, None)
 
         engine.pool.connect = take_within_the_bound
 
@@ -546,12 +551,14 @@ async def close_at_loop_end(engine: AsyncEngine) -> AsyncIterator[None]:
 # --- Bounds: each wait for the database ends within WAIT_SECONDS ------------------------------
 # The middleware runs each request in a cancel scope; a wait that outlasts its bound cancels it,
 # and SQLAlchemy drops the connection it was using: the server rolls its transaction back.
-def bound_wait(seconds: float | None, all_over: bool = False) -> None:  # None: a wait is over
-    if work := this_request.get(None):
-        # Waits at once (asyncio.gather on one session, a mistake): bounded until the last ends
-        work.waiting = 0 if all_over else max(work.waiting + (1 if seconds else -1), 0)
-        if seconds or not work.waiting:
-            work.waits.deadline = anyio.current_time() + seconds if seconds else math.inf
+def bound_wait(wait: object, seconds: float | None = WAIT_SECONDS) -> None:  # None: it is over
+    if (work := this_request.get(None)) and wait is not None:
+        if seconds is None:
+            work.deadlines.pop(wait, None)
+        else:
+            work.deadlines[wait] = anyio.current_time() + seconds
+        # Waits at once (tasks of asyncio.gather): each ends within its own bound
+        work.waits.deadline = min(work.deadlines.values(), default=math.inf)
 
 
 def no_answer() -> exc.OperationalError:  # the bound fired: answered 503
@@ -655,7 +662,8 @@ class RequestWork:
         self.session, self.turns, self.answered, self.sent_whole = None, None, False, False
         self.app = scope.get("app")  # ours: an app mounted in it answers its own errors
         self.waits = anyio.CancelScope()  # the bound of its waits for the database
-        self.delivered = self.connections = self.own_connections = self.waiting = 0
+        self.delivered = self.connections = self.own_connections = 0
+        self.deadlines: dict[object, float] = {}  # each wait's for the database, until it ends
         self.in_doubt = False  # a bug ended it: what its connection was saying is unknown
         self.commits_sent = self.commits = 0  # COMMITs sent, and those the server said were done
         self.unsaved: set[str] = set()  # tables written since the last COMMIT
@@ -699,7 +707,8 @@ class RequestWork:
                 await close_session(self.session, self.in_doubt)
             finally:
                 turns.release()
-                bound_wait(None, all_over=True)
+                self.deadlines.clear()  # every wait of its session is over, even one cancelled
+                self.waits.deadline = math.inf
 
     async def receive(self) -> Message:
         if self.delivered == len(self.kept):

@@ -702,6 +702,8 @@ def test_a_request_that_waited_for_its_turn_then_meets_a_stall_answers_503_withi
 CORE_CONNECTION = """
 
 # --- Added by a learner: a route that takes a Core connection of its own ----------------------
+import asyncio
+
 from sqlalchemy import func
 
 
@@ -709,6 +711,16 @@ from sqlalchemy import func
 async def count_users() -> dict:
     async with db_engine.connect() as connection:
         return {"users": await connection.scalar(select(func.count()).select_from(UserTable))}
+
+
+@app.get("/learner/counts-one-after-another")
+async def counts_one_after_another() -> dict:
+    async def count_after(pause: float) -> int:
+        await asyncio.sleep(pause)  # tasks that start apart, each with a connection of its own
+        async with db_engine.connect() as connection:
+            return await connection.scalar(select(func.count()).select_from(UserTable))
+
+    return {"counts": await asyncio.gather(*(count_after(1.5 * task) for task in range(4)))}
 
 
 @app.get("/learner/count-in-autocommit")
@@ -744,6 +756,27 @@ def test_a_core_connection_on_a_stalled_database_answers_503_within_db_timeout(
     print(f"\na Core connection, the database stalled: {status} {body} after {seconds:.2f} s")
     assert (status, body) == (503, {"detail": "Database unavailable"})
     assert seconds <= BOUND + MARGIN
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_waits_that_start_one_after_another_are_each_bounded_from_their_own_start(
+    twin_app, engine, make_proxy
+):
+    # The first task's wait for its connection ends within one wait, however many start later
+    proxy = make_proxy()
+    app = twin_app(CORE_CONNECTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+
+    async def scenario(http) -> tuple:
+        await http.post("/users/", json=ADA)
+        proxy.stalled = True
+        started = time.monotonic()
+        answer = await http.get("/learner/counts-one-after-another")
+        return answer.status_code, answer.json(), time.monotonic() - started
+
+    status, body, seconds = on_loop(app, scenario)
+    print(f"\n4 tasks 1.5 s apart, the database stalled: {status} {body} after {seconds:.2f} s")
+    assert (status, body) == (503, {"detail": "Database unavailable"})
+    assert seconds <= BOUND / 2 + MARGIN
 
 
 def test_a_stalled_database_answers_503_within_the_bound_then_recovers(
