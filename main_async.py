@@ -415,8 +415,8 @@ def guard_engine(engine: Engine) -> None:  # db_engine's, and one a test puts in
 
     @event.listens_for(engine, "handle_error")  # the statement failed: its wait is over
     def end_failed_wait(context: ExceptionContext) -> None:
-        if statement := context.execution_context:  # (a connection's: its own wrapper ends it)
-            bound_wait(statement.cursor, None)
+        if execution := context.execution_context:  # (a connection's: its own wrapper ends it)
+            bound_wait(execution.cursor, None)
 
     # So does getting a connection, a session's or Core's (a free one, a ping, a new one), in one
     # wait, as the turn before it: a stall answers 503 within DB_TIMEOUT. No SQLAlchemy event
