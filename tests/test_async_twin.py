@@ -730,16 +730,9 @@ async def count_users_in_autocommit() -> dict:
 """
 
 
-@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
-@pytest.mark.parametrize(
-    "path, disposed",
-    [("/learner/count", False), ("/learner/count-in-autocommit", False), ("/learner/count", True)],
-)
-def test_a_core_connection_on_a_stalled_database_answers_503_within_db_timeout(
-    twin_app, engine, make_proxy, path, disposed
-):
-    proxy = make_proxy()
-    app = twin_app(CORE_CONNECTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+def answer_of_a_stalled_database(app, proxy, path: str, disposed: bool = False) -> tuple:
+    """GET path once the database stalls (after a dispose(): on a new pool): its status, body
+    and seconds; None, None if no answer came within 3 bounds."""
 
     async def scenario(http) -> tuple:
         await http.post("/users/", json=ADA)  # the tables made, a connection kept in the pool
@@ -752,7 +745,20 @@ def test_a_core_connection_on_a_stalled_database_answers_503_within_db_timeout(
             return answer.status_code, answer.json(), time.monotonic() - started
         return None, None, time.monotonic() - started
 
-    status, body, seconds = on_loop(app, scenario)
+    return on_loop(app, scenario)
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize(
+    "path, disposed",
+    [("/learner/count", False), ("/learner/count-in-autocommit", False), ("/learner/count", True)],
+)
+def test_a_core_connection_on_a_stalled_database_answers_503_within_db_timeout(
+    twin_app, engine, make_proxy, path, disposed
+):
+    proxy = make_proxy()
+    app = twin_app(CORE_CONNECTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
+    status, body, seconds = answer_of_a_stalled_database(app, proxy, path, disposed)
     print(f"\na Core connection, the database stalled: {status} {body} after {seconds:.2f} s")
     assert (status, body) == (503, {"detail": "Database unavailable"})
     assert seconds <= BOUND + MARGIN
@@ -765,15 +771,8 @@ def test_waits_that_start_one_after_another_are_each_bounded_from_their_own_star
     # The first task's wait for its connection ends within one wait, however many start later
     proxy = make_proxy()
     app = twin_app(CORE_CONNECTION, database_url=url_of(engine, proxy), DB_TIMEOUT=str(BOUND))
-
-    async def scenario(http) -> tuple:
-        await http.post("/users/", json=ADA)
-        proxy.stalled = True
-        started = time.monotonic()
-        answer = await http.get("/learner/counts-one-after-another")
-        return answer.status_code, answer.json(), time.monotonic() - started
-
-    status, body, seconds = on_loop(app, scenario)
+    path = "/learner/counts-one-after-another"
+    status, body, seconds = answer_of_a_stalled_database(app, proxy, path)
     print(f"\n4 tasks 1.5 s apart, the database stalled: {status} {body} after {seconds:.2f} s")
     assert (status, body) == (503, {"detail": "Database unavailable"})
     assert seconds <= BOUND / 2 + MARGIN
